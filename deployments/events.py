@@ -1,0 +1,38 @@
+"""The wire protocol between a model deployment and its caller, as plain dicts (picklable, no imports needed
+on the caller's side).
+
+A deployment's streaming `process` method yields zero or more progress events, then exactly one result:
+    {"progress": 0..100, "message": str}                      work done inside the model call
+    {"result": {"image": <PNG bytes>, "metadata": {...}}}     the final output
+A deployment signals bad input (permanent: no retry) by raising `InvalidInput`, a ValueError.
+"""
+
+import io
+from typing import Any
+
+from PIL import Image
+
+
+class InvalidInput(ValueError):
+    """The input can never succeed (not an image, no face, bad parameter): fail at once, do not retry."""
+
+
+def progress_event(progress: int, message: str) -> dict[str, Any]:
+    return {"progress": max(0, min(100, int(progress))), "message": message}
+
+
+def result_event(image: Image.Image, metadata: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"result": {"image": buffer.getvalue(), "metadata": metadata}}
+
+
+def open_image(data: bytes | None) -> Image.Image:
+    if not data:
+        raise InvalidInput("this task needs an input image")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # Pillow raises many types for undecodable data
+        raise InvalidInput(f"the input is not a readable image: {exc}") from exc
+    return image

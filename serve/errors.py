@@ -1,0 +1,66 @@
+"""Every error the API returns has the seed's shape: {"error": "...", "details": ...}, never a stack trace."""
+
+import logging
+from typing import Any
+
+import redis
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tasks.service import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, error: str, details: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(error)
+        self.status_code, self.error, self.details, self.headers = status_code, error, details, headers
+
+
+def _body(error: str, details: Any = None) -> dict[str, Any]:
+    return {"error": error} if details is None else {"error": error, "details": details}
+
+
+def _unavailable(what: str) -> JSONResponse:
+    return JSONResponse(_body(f"{what} is unavailable; nothing was changed. Retry in a few seconds."),
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.error, exc.details), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
+                   for e in exc.errors()]
+        return JSONResponse(_body("Invalid input", details), status_code=400)
+
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return _unavailable("The database")
+
+    @app.exception_handler(QueueUnavailable)
+    @app.exception_handler(BrokerError)
+    @app.exception_handler(redis.RedisError)
+    async def queue_down(_: Request, exc: Exception) -> JSONResponse:
+        log.error("queue error: %s", exc)
+        return _unavailable("The task queue")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(_body("Internal error; the request was not completed."), status_code=500)

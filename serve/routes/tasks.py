@@ -1,0 +1,121 @@
+"""The seed's four task endpoints: create, status, result, cancel."""
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from serve.deps import SettingsDep, TaskDep
+from serve.errors import ApiError
+from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
+from serve.uploads import read_image_as_png
+from tasks import service
+from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType
+from tasks.registry import TASK_SPECS, TaskSpec
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 404, 413, 503)
+}
+
+
+def _spec_for(task_type: str) -> TaskSpec:
+    try:
+        parsed = TaskType(task_type)
+    except ValueError:
+        raise ApiError(400, f"Unknown task_type {task_type!r}",
+                       {"task_type": f"choose one of: {', '.join(t.value for t in TaskType)}"}) from None
+    if parsed not in TASK_SPECS:
+        raise ApiError(400, f"task_type {task_type!r} is not served by this deployment",
+                       {"task_type": f"available: {', '.join(TASK_SPECS)}"})
+    return TASK_SPECS[parsed]
+
+
+def _parameters_for(spec: TaskSpec, raw: str | None) -> dict[str, Any]:
+    try:
+        parameters = json.loads(raw) if raw and raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "parameters must be a JSON object", {"parameters": str(exc)}) from None
+    if not isinstance(parameters, dict):
+        raise ApiError(400, "parameters must be a JSON object", {"parameters": f"got {type(parameters).__name__}"})
+    try:
+        return spec.parameters.model_validate(parameters).model_dump()
+    except ValidationError as exc:
+        details = [{"field": "parameters." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                   for e in exc.errors()]
+        raise ApiError(400, f"Invalid parameters for {spec.task_type}", details) from None
+
+
+def _media_url(request: Request, key: str | None, public_base: str | None) -> str | None:
+    if key is None:
+        return None
+    if public_base:
+        return f"{public_base.rstrip('/')}/{key}"
+    return str(request.url_for("get_media", key=key))
+
+
+@router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS)
+async def create_task(
+    settings: SettingsDep,
+    task_type: Annotated[str, Form(description="One of the seed's task types.")],
+    prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
+    image: Annotated[UploadFile | None, File(description="Input image (required by image tasks).")] = None,
+    parameters: Annotated[str | None, Form(description="JSON object of per-type parameters.")] = None,
+) -> TaskCreated:
+    """Validate, store the input, record the task (PENDING) and queue it."""
+    spec = _spec_for(task_type)
+    if prompt is None or not prompt.strip():
+        raise ApiError(400, "prompt is required", {"prompt": "This field may not be blank."})
+    if len(prompt) > settings.max_prompt_length:
+        raise ApiError(400, f"prompt is longer than {settings.max_prompt_length} characters",
+                       {"prompt": f"got {len(prompt)} characters"})
+    checked_parameters = _parameters_for(spec, parameters)
+    has_image = image is not None and bool(image.filename or image.size)
+    if spec.requires_image and not has_image:
+        raise ApiError(400, f"{spec.task_type} needs an image", {"image": "No file was submitted."})
+    image_png = await read_image_as_png(image, settings) if has_image and image is not None else None
+    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters, image_png)
+    return TaskCreated(task_id=task.id, status=task.status, message="Task queued successfully",
+                       created_at=task.created_at)
+
+
+@router.get("/{task_id}/status/", response_model=TaskStatusOut, responses=ERRORS)
+def task_status(task: TaskDep, request: Request) -> TaskStatusOut:
+    """Where the task is: status, progress and message; result_url once SUCCESS, error once FAILURE."""
+    failed = task.status == TaskStatus.FAILURE
+    return TaskStatusOut(
+        task_id=task.id, id=task.id, task_type=task.task_type, status=task.status, progress=task.progress,
+        message=task.message, retry_count=task.retry_count, created_at=task.created_at,
+        updated_at=task.updated_at, started_at=task.started_at, completed_at=task.completed_at,
+        processing_time=task.processing_time, error_message=task.error_message,
+        error=task.error_message if failed else None, failed_at=task.completed_at if failed else None,
+        result_url=str(request.url_for("task_result", task_id=str(task.id)))
+        if task.status == TaskStatus.SUCCESS else None,
+    )
+
+
+@router.get("/{task_id}/result/", response_model=TaskResultOut, responses=ERRORS)
+def task_result(task: TaskDep, request: Request, settings: SettingsDep) -> TaskResultOut:
+    """The finished task's output: image URL, prompt used, timing and model metadata."""
+    if task.status != TaskStatus.SUCCESS:
+        raise ApiError(400, f"Task not completed. Status: {task.status}")
+    stored = task.result_data or {}
+    image_url = _media_url(request, task.result_image, settings.public_media_url)
+    result = TaskResultData(image_url=image_url, prompt_used=stored.get("prompt_used"),
+                            processing_time=task.processing_time, metadata=stored.get("metadata", {}))
+    return TaskResultOut(task_id=task.id, id=task.id, task_type=task.task_type, status=task.status,
+                         prompt=task.prompt, image_url=image_url, result=result, result_data=result,
+                         processing_time=task.processing_time, completed_at=task.completed_at)
+
+
+@router.post("/{task_id}/cancel/", response_model=TaskCancelled, responses=ERRORS)
+def cancel_task(task: TaskDep) -> TaskCancelled:
+    """Cancel a pending or running task (seed: FAILURE, "Cancelled by user")."""
+    try:
+        cancelled: AITask = service.cancel_task(task)
+    except service.TaskAlreadyFinished as finished:
+        raise ApiError(400, f"Task already completed. Status: {finished.args[0]}") from None
+    return TaskCancelled(task_id=cancelled.id, status=cancelled.status, message=f"Task cancelled: {CANCELLED_MESSAGE}")

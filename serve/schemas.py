@@ -1,0 +1,66 @@
+"""Response bodies: the seed's JSON (API Flow examples and serializers), never the table class itself."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.models import TaskStatus, TaskType
+
+
+class TaskCreated(BaseModel):
+    task_id: uuid.UUID
+    status: TaskStatus
+    message: str
+    created_at: datetime
+
+
+class TaskStatusOut(BaseModel):
+    task_id: uuid.UUID
+    id: uuid.UUID
+    task_type: TaskType
+    status: TaskStatus
+    progress: int
+    message: str | None
+    retry_count: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    processing_time: float | None
+    error_message: str | None
+    error: str | None
+    failed_at: datetime | None
+    result_url: str | None
+
+
+class TaskResultData(BaseModel):
+    image_url: str | None
+    prompt_used: str | None
+    processing_time: float | None
+    metadata: dict[str, Any]
+
+
+class TaskResultOut(BaseModel):
+    task_id: uuid.UUID
+    id: uuid.UUID
+    task_type: TaskType
+    status: TaskStatus
+    prompt: str
+    image_url: str | None
+    result: TaskResultData
+    result_data: TaskResultData
+    processing_time: float | None
+    completed_at: datetime | None
+
+
+class TaskCancelled(BaseModel):
+    task_id: uuid.UUID
+    status: TaskStatus
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    details: Any = None

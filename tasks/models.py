@@ -1,0 +1,100 @@
+"""The AITask table (the seed's Task Model) and its choices."""
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+class TaskType(StrEnum):
+    IMAGE_GENERATION = "image_generation"
+    FACE_SWAP = "face_swap"
+    BACKGROUND_REMOVAL = "background_removal"
+    STYLE_TRANSFER = "style_transfer"
+    IMAGE_ENHANCEMENT = "image_enhancement"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+
+
+FINISHED_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE})
+CANCELLED_MESSAGE = "Cancelled by user"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now: SQLAlchemy 2.1 with SQLModel rejects naive datetimes."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timestamp that always comes back timezone-aware (SQLite stores it without a zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _choice(enum: type[StrEnum], name: str) -> sa.Enum:
+    # VARCHAR plus a CHECK constraint: the seed's `choices`, enforced by the database on Postgres and SQLite.
+    return sa.Enum(enum, name=name, native_enum=False, create_constraint=True, length=50,
+                   values_callable=lambda e: [m.value for m in e])
+
+
+def _timestamp() -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class AITask(SQLModel, table=True):
+    """One AI job: its input, progress, outcome and timing."""
+
+    __tablename__ = "ai_tasks"
+    __table_args__ = (
+        sa.Index("ix_ai_tasks_status_created_at", "status", "created_at"),
+        sa.Index("ix_ai_tasks_celery_task_id", "celery_task_id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    celery_task_id: str | None = Field(default=None, max_length=255, unique=True)
+
+    task_type: TaskType = Field(sa_column=Column(_choice(TaskType, "task_type"), nullable=False))
+    status: TaskStatus = Field(
+        default=TaskStatus.PENDING,
+        sa_column=Column(_choice(TaskStatus, "task_status"), nullable=False, default=TaskStatus.PENDING),
+    )
+
+    prompt: str = Field(sa_column=Column(sa.Text, nullable=False))
+    input_image: str | None = Field(default=None, max_length=500, description="Storage key of the upload.")
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+    result_image: str | None = Field(default=None, max_length=500, description="Storage key of the result.")
+    result_data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+    progress: int = Field(default=0, ge=0, le=100)
+    message: str | None = Field(default=None, max_length=500, description="What the job is doing now.")
+
+    error_message: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    retry_count: int = 0
+    max_retries: int = 3
+
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    started_at: datetime | None = _timestamp()
+    completed_at: datetime | None = _timestamp()
+    processing_time: float | None = Field(default=None, description="Seconds from start to completion.")
+
+    def __str__(self) -> str:
+        return f"{self.task_type} - {self.status} ({self.id})"

@@ -1,0 +1,146 @@
+"""`process_ai_task`: drive one job through its model deployment, by name, through a Ray Serve handle."""
+
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from ray.serve.exceptions import RequestCancelledError
+
+from tasks import progress, ray_client
+from tasks.celery_app import celery_app
+from tasks.config import get_settings
+from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
+from tasks.registry import TASK_SPECS
+from tasks.storage import get_storage
+
+log = logging.getLogger(__name__)
+
+# Task progress around the model's own 0..100: the seed's jobs report a little before and after the model.
+MODEL_PROGRESS_START, MODEL_PROGRESS_END = 10, 90
+
+
+class _Stopped(Exception):
+    """The Serve request was cancelled by us: the user cancelled, or the deployment went silent too long."""
+
+
+class _RequestWatch:
+    """Cancels a running Serve request when its task is cancelled or no event arrives in time.
+
+    Runs beside the event loop because a streaming handle's `next()` has no timeout of its own.
+    """
+
+    def __init__(self, task_id: uuid.UUID, response, event_timeout_s: float, poll_s: float = 0.25):
+        self.task_id, self.response = task_id, response
+        self.event_timeout_s, self.poll_s = event_timeout_s, poll_s
+        self.reason: str | None = None
+        self._last_event = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name=f"watch-{task_id}")
+
+    def __enter__(self) -> "_RequestWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def saw_event(self) -> None:
+        self._last_event = time.monotonic()
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.response.cancel()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.poll_s):
+            if progress.current_status(self.task_id) == TaskStatus.FAILURE:
+                self.stop(CANCELLED_MESSAGE)
+            elif time.monotonic() - self._last_event > self.event_timeout_s:
+                self.stop(f"no progress from the model for {self.event_timeout_s:.0f} s")
+
+
+def _call_deployment(task: AITask, image: bytes | None) -> dict[str, Any]:
+    """Stream the deployment's events into the row; return its result event's payload."""
+    spec = TASK_SPECS[task.task_type]
+    handle = ray_client.get_handle(spec.app_name, spec.deployment_name)
+    response = handle.options(stream=True).process.remote(image=image, parameters=task.parameters,
+                                                          prompt=task.prompt)
+    writer = progress.ProgressWriter(task.id)
+    span = MODEL_PROGRESS_END - MODEL_PROGRESS_START
+    with _RequestWatch(task.id, response, get_settings().serve_event_timeout_s) as watch:
+        try:
+            for event in response:
+                watch.saw_event()
+                if "result" in event:
+                    return event["result"]
+                writer.update(MODEL_PROGRESS_START + span * event["progress"] // 100, event["message"])
+        except SoftTimeLimitExceeded:
+            watch.stop("timed out")
+            raise
+        except RequestCancelledError as exc:
+            raise _Stopped(watch.reason or "cancelled") from exc
+    raise RuntimeError(f"{spec.deployment_name} finished without a result")
+
+
+def _error_message(exc: BaseException) -> str:
+    """The model's own message: Ray wraps replica exceptions in a RayTaskError whose str is a traceback."""
+    cause = getattr(exc, "cause", None)
+    return str(cause) if isinstance(cause, BaseException) else str(exc)
+
+
+def _retry_countdown(retry_count: int) -> float:
+    """Seed backoff (base * 2**n, 60 s base in production) with up to 10% jitter against thundering herds."""
+    base = get_settings().retry_backoff_base_s * 2**retry_count
+    return base * (1 + random.uniform(0, 0.1))
+
+
+@celery_app.task(bind=True, name="tasks.process_ai_task")
+def process_ai_task(self, task_id: str) -> dict[str, str]:
+    """Run one AITask: PROCESSING → (progress…) → SUCCESS with result_data, or RETRY/FAILURE."""
+    task_uuid = uuid.UUID(task_id)
+    task = progress.claim(task_uuid, self.request.id)
+    if task is None:
+        log.info("task %s is finished, cancelled or running elsewhere: skipped", task_id)
+        return {"status": "skipped", "task_id": task_id}
+    log.info("processing task %s (%s)", task_id, task.task_type)
+    storage = get_storage()
+    try:
+        image = storage.get(task.input_image) if task.input_image else None
+        result = _call_deployment(task, image)
+        progress.ProgressWriter(task_uuid, 0).update(95, "Saving result")
+        result_key = storage.put("output", result["image"])
+        metadata = result.get("metadata", {})
+        done = progress.succeed(task_uuid, result_key, {
+            "image_url": None,  # the API turns result_image into an absolute URL when it answers
+            "prompt_used": metadata.get("prompt_used", task.prompt),
+            "processing_time": None,
+            "metadata": metadata,
+        }, task.started_at)
+        if not done:  # cancelled while saving: the result must not outlive the task
+            storage.delete(result_key)
+        return {"status": "success" if done else "skipped", "task_id": task_id}
+    except _Stopped as stopped:
+        progress.fail(task_uuid, str(stopped))
+        return {"status": "stopped", "task_id": task_id}
+    except SoftTimeLimitExceeded:
+        progress.fail(task_uuid, "timed out")
+        return {"status": "timed out", "task_id": task_id}
+    except ValueError as exc:  # bad input (deployments raise InvalidInput, a ValueError): never retried
+        progress.fail(task_uuid, _error_message(exc))
+        return {"status": "failure", "task_id": task_id}
+    except Exception as exc:  # anything else may pass (replica died, Serve restarting, OOM): bounded retries
+        error = f"{type(getattr(exc, 'cause', None) or exc).__name__}: {_error_message(exc)}"
+        log.warning("task %s failed (attempt %d): %s", task_id, task.retry_count + 1, error)
+        ray_client.disconnect()  # a Ray restart leaves stale connections: reconnect on the next attempt
+        if task.retry_count >= task.max_retries:
+            progress.fail(task_uuid, error)
+            return {"status": "failure", "task_id": task_id}
+        if progress.schedule_retry(task_uuid, task.retry_count + 1, error):
+            raise self.retry(exc=exc, countdown=_retry_countdown(task.retry_count), max_retries=None) from exc
+        return {"status": "skipped", "task_id": task_id}
