@@ -24,7 +24,8 @@ async def read_image_as_png(upload: UploadFile, settings: Settings) -> bytes:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.format not in ACCEPTED_FORMATS:
-                raise ApiError(400, f"Unsupported image format {image.format}; use one of {', '.join(ACCEPTED_FORMATS)}")
+                accepted = ", ".join(ACCEPTED_FORMATS)
+                raise ApiError(400, f"Unsupported image format {image.format}; use one of {accepted}")
             width, height = image.size
             if width * height > settings.max_image_pixels:
                 raise ApiError(400, f"Image is {width}x{height} = {width * height} pixels; the limit is "

@@ -41,8 +41,9 @@ def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], im
             storage.delete(input_key)
         raise
     try:
+        # ignore_result: the row is the result; waiting on Celery's result store would only add a failure point.
         celery_app.send_task("tasks.process_ai_task", args=[str(task.id)], task_id=task.celery_task_id,
-                             queue=spec.queue)
+                             queue=spec.queue, ignore_result=True)
     except BrokerError as exc:
         log.error("enqueue of %s failed: %s", task.id, exc)
         with session_scope() as session:

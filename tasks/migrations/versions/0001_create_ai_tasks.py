@@ -11,7 +11,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -19,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('ai_tasks',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('celery_task_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
@@ -50,7 +49,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('ai_tasks', schema=None) as batch_op:
         batch_op.drop_index('ix_ai_tasks_status_created_at')
         batch_op.drop_index('ix_ai_tasks_celery_task_id')

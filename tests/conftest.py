@@ -1,0 +1,118 @@
+"""Fixtures: a throw-away Postgres database and Redis db per run, and the real stack (Ray, Serve, Celery).
+
+DATABASE_URL names the Postgres server (a fresh database is created on it and dropped afterwards) and REDIS_URL
+the Redis server; both default to the local services on 127.0.0.1. The stack uses its own ports (API 8123, Ray
+6381, dashboard 8266) so that a developer's `backendai up` can keep running.
+"""
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from tests.helpers import png_bytes
+
+SERVER_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+SERVER_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_DATABASE = f"backendai_test_{uuid.uuid4().hex[:10]}"
+DATA_DIR = Path(tempfile.mkdtemp(prefix="backendai-test-"))
+
+# Read by every process of the stack (Settings come from the environment), so set before anything imports it.
+os.environ.update(
+    DATABASE_URL=str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)),
+    REDIS_URL=SERVER_REDIS_URL.rsplit("/", 1)[0] + "/13",
+    DATA_DIR=str(DATA_DIR),
+    API_PORT="8123",
+    RAY_HEAD_PORT="6381",
+    RAY_DASHBOARD_PORT="8266",
+    RETRY_BACKOFF_BASE_S="1",
+    PROGRESS_MIN_INTERVAL_S="0",
+)
+
+
+def _server_engine() -> sa.Engine:
+    return sa.create_engine(SERVER_DATABASE_URL, isolation_level="AUTOCOMMIT")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    with _server_engine().connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tasks.db import get_engine
+
+    get_engine().dispose()
+    with _server_engine().connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from tasks.config import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def database(settings) -> str:
+    """The per-run Postgres database, migrated to the newest schema."""
+    from tasks.db import migrate
+
+    migrate()
+    return settings.effective_database_url
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def api_client(database, redis_client):
+    """The real FastAPI app in-process, on the real database and Redis (for checks that need no worker)."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def stack(database, redis_client, settings):
+    """Ray head, `serve deploy` of config/serve.local.yaml, Celery workers for both queues, API via Serve."""
+    from serve.stack import Stack
+
+    with Stack(settings, echo=lambda line: print(line, flush=True)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def http(stack) -> Iterator:
+    import httpx
+
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(astronaut) -> bytes:
+    return png_bytes(astronaut)

@@ -1,0 +1,33 @@
+"""Small helpers shared by the tests: image bytes, alpha channels, waiting on a task."""
+
+import io
+import time
+
+import numpy as np
+from PIL import Image
+
+# Regions of skimage's astronaut (512x512, rows then columns): her face and suit, and the plain background.
+PERSON_BOXES = ((slice(100, 160), slice(200, 260)), (slice(250, 330), slice(150, 260)))
+BACKGROUND_BOXES = ((slice(0, 40), slice(0, 40)), (slice(0, 40), slice(-40, None)), (slice(0, 60), slice(380, 512)))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def alpha_of(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.mode == "RGBA", image.mode
+    return np.asarray(image)[..., 3]
+
+
+def wait_for(client, task_id: str, statuses: set[str], timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/tasks/{task_id}/status/").json()
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not reach {statuses} in {timeout_s} s: {body}")
