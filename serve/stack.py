@@ -6,6 +6,8 @@ of the config with the settings injected → Celery workers for the gpu and cpu 
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,7 +55,6 @@ class Stack:
     echo: Echo = print
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    started_ray: bool = False
 
     def __post_init__(self) -> None:
         self.log_dir = self.log_dir or self.settings.data_dir / "logs"
@@ -90,10 +91,6 @@ class Stack:
             if name == "redis":
                 continue  # last: workers and replicas may still be acking
             self._terminate(name)
-        if self.started_ray:
-            self.echo("[ray] stopping the local head")
-            subprocess.run([_bin("ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
-            self.started_ray = False
         if "redis" in self.processes:
             self._terminate("redis")
 
@@ -105,10 +102,10 @@ class Stack:
 
     # -- parts -------------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, command: list[str], **extra_env: str) -> subprocess.Popen:
         assert self.log_dir is not None
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (kept open for the child's lifetime)
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         self.processes[name] = process
         return process
@@ -117,11 +114,12 @@ class Stack:
         process = self.processes.pop(name, None)
         if process is None or process.poll() is not None:
             return
-        process.terminate()
+        # Each child leads its own process group: signal the group so Ray's and Celery's children go too.
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
 
     def _start_embedded_redis(self) -> None:
@@ -136,19 +134,26 @@ class Stack:
         _wait(lambda: _redis_ping(self.settings.effective_redis_url), 20, "embedded Redis did not start")
 
     def _start_ray_head(self) -> None:
+        """A head owned by this stack (`ray start --block` as our child), so stopping it stops only this cluster."""
         port = self.settings.ray_head_port
         if port == 6379:
             raise StackError("RAY_HEAD_PORT must not be 6379: that is Redis's port")
-        self.echo(f"[ray] starting a local head on 127.0.0.1:{port} (dashboard {self.settings.ray_dashboard_url})")
-        result = subprocess.run(
-            [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.settings.ray_dashboard_port),
-             "--include-dashboard", "true", "--disable-usage-stats"],
-            env=self.env, capture_output=True, text=True, timeout=180,
-        )
-        if result.returncode != 0:
-            raise StackError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
-        self.started_ray = True
+        dashboard = self.settings.ray_dashboard_url
+        self.echo(f"[ray] starting a local head on 127.0.0.1:{port} (dashboard {dashboard})")
+        head = self._spawn("ray-head", [
+            _bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.settings.ray_dashboard_port),
+            "--include-dashboard", "true", "--disable-usage-stats",
+            # Ports Ray would otherwise fix (10001, 52365): free ones let two local clusters coexist.
+            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+        ], RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5")  # workers are stopped first: nothing left to drain
+
+        def head_ready() -> bool:
+            if head.poll() is not None:
+                raise StackError(f"ray start exited with {head.returncode}; see {self.log_dir}/ray-head.log")
+            return _dashboard_up(dashboard)
+
+        _wait(head_ready, 120, f"Ray head did not start (see {self.log_dir}/ray-head.log)")
 
     def deploy(self) -> None:
         """`serve deploy` the configured file, then wait until every application is RUNNING."""
@@ -197,6 +202,12 @@ def _wait(check: Callable[[], bool], timeout_s: float, failure: str, interval_s:
             last_error = exc
         time.sleep(interval_s)
     raise StackError(f"{failure} within {timeout_s:.0f} s" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _redis_ping(url: str) -> bool:
