@@ -1,0 +1,41 @@
+"""The deploy configs load with Ray's own schemas, and their applications match the task registry."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve.stack import render_serve_config
+from tasks.registry import TASK_SPECS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.local.yaml"])
+def test_serve_config_validates_and_deploys_every_registered_service(name, settings):
+    config = ServeDeploySchema.model_validate(render_serve_config(settings, ROOT / "config" / name))
+    deployments = {(app.name, deployment.name) for app in config.applications for deployment in app.deployments}
+    for spec in TASK_SPECS.values():
+        assert (spec.app_name, spec.deployment_name) in deployments
+    for app in config.applications:
+        assert app.runtime_env["env_vars"]["DATABASE_URL"] == settings.effective_database_url
+
+
+def test_production_config_puts_models_on_gpus_and_scales_them_to_zero():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "config" / "serve.yaml").read_text()))
+    for app in config.applications:
+        if app.name in {spec.app_name for spec in TASK_SPECS.values()}:
+            for deployment in app.deployments:
+                assert deployment.ray_actor_options.num_gpus > 0
+                assert deployment.autoscaling_config["min_replicas"] == 0
+
+
+def test_cluster_yaml_validates_against_rays_cluster_schema():
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(cluster, schema)
+    assert "--port=6379" not in json.dumps(cluster["head_start_ray_commands"])
