@@ -58,7 +58,8 @@ class BackgroundRemoval:
     def __init__(self, model: str = "u2netp"):
         self.remover = BackgroundRemover(os.environ["MODELS_DIR"], model)
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "") -> Iterator[dict]:
+    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
         yield from self.remover.run(image, parameters)
 
 

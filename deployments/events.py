@@ -1,9 +1,12 @@
 """The wire protocol between a model deployment and its caller, as plain dicts (picklable, no imports needed
 on the caller's side).
 
-A deployment's streaming `process` method yields zero or more progress events, then exactly one result:
+A deployment's streaming method `process(image, parameters, prompt, extra_images)` yields zero or more
+progress events, then exactly one result:
     {"progress": 0..100, "message": str}                      work done inside the model call
     {"result": {"image": <PNG bytes>, "metadata": {...}}}     the final output
+A stage that prepares another (e.g. prompt refinement) returns no image but may return `prompt` and
+`parameters` for the next stage: {"result": {"prompt": str, "parameters": {...}, "metadata": {...}}}.
 A deployment signals bad input (permanent: no retry) by raising `InvalidInput`, a ValueError.
 """
 

@@ -145,7 +145,7 @@ class Stack:
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.settings.ray_dashboard_port),
             "--include-dashboard", "true", "--disable-usage-stats",
             # Ports Ray would otherwise fix (10001, 52365): free ones let two local clusters coexist.
-            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
         ], RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5")  # workers are stopped first: nothing left to drain
 
         def head_ready() -> bool:
@@ -204,7 +204,7 @@ def _wait(check: Callable[[], bool], timeout_s: float, failure: str, interval_s:
     raise StackError(f"{failure} within {timeout_s:.0f} s" + (f" (last error: {last_error})" if last_error else ""))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -75,6 +75,9 @@ class AITask(SQLModel, table=True):
     prompt: str = Field(sa_column=Column(sa.Text, nullable=False))
     input_image: str | None = Field(default=None, max_length=500, description="Storage key of the upload.")
     parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    extra_inputs: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True), description="Storage keys of further uploads by field."
+    )
 
     result_image: str | None = Field(default=None, max_length=500, description="Storage key of the result.")
     result_data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -14,8 +14,8 @@ from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
-from tasks.registry import TASK_SPECS
-from tasks.storage import get_storage
+from tasks.registry import TASK_SPECS, Stage
+from tasks.storage import Storage, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +65,48 @@ class _RequestWatch:
                 self.stop(f"no progress from the model for {self.event_timeout_s:.0f} s")
 
 
-def _call_deployment(task: AITask, image: bytes | None) -> dict[str, Any]:
-    """Stream the deployment's events into the row; return its result event's payload."""
-    spec = TASK_SPECS[task.task_type]
-    handle = ray_client.get_handle(spec.app_name, spec.deployment_name)
-    response = handle.options(stream=True).process.remote(image=image, parameters=task.parameters,
-                                                          prompt=task.prompt)
-    writer = progress.ProgressWriter(task.id)
-    span = MODEL_PROGRESS_END - MODEL_PROGRESS_START
-    with _RequestWatch(task.id, response, get_settings().serve_event_timeout_s) as watch:
+def _stream_stage(task_id: uuid.UUID, stage: Stage, span: tuple[int, int], writer: progress.ProgressWriter,
+                  **call: Any) -> dict[str, Any]:
+    """Call one deployment, streaming its events into the row within `span`; return its result payload."""
+    handle = ray_client.get_handle(stage.app_name, stage.deployment_name)
+    response = handle.options(stream=True).process.remote(**call)
+    low, high = span
+    with _RequestWatch(task_id, response, get_settings().serve_event_timeout_s) as watch:
         try:
             for event in response:
                 watch.saw_event()
                 if "result" in event:
                     return event["result"]
-                writer.update(MODEL_PROGRESS_START + span * event["progress"] // 100, event["message"])
+                writer.update(low + (high - low) * event["progress"] // 100, event["message"])
         except SoftTimeLimitExceeded:
             watch.stop("timed out")
             raise
         except RequestCancelledError as exc:
             raise _Stopped(watch.reason or "cancelled") from exc
-    raise RuntimeError(f"{spec.deployment_name} finished without a result")
+    raise RuntimeError(f"{stage.deployment_name} finished without a result")
+
+
+def _run_stages(task: AITask, storage: Storage) -> tuple[dict[str, Any], str]:
+    """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
+    spec = TASK_SPECS[task.task_type]
+    image = storage.get(task.input_image) if task.input_image else None
+    extra_images = {name: storage.get(key) for name, key in (task.extra_inputs or {}).items()}
+    prompt, parameters, metadata = task.prompt, dict(task.parameters), {}
+    writer = progress.ProgressWriter(task.id)
+    total = sum(stage.weight for stage in spec.stages)
+    done = 0
+    for stage in spec.stages:
+        low = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
+        done += stage.weight
+        high = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
+        result = _stream_stage(task.id, stage, (low, high), writer, image=image, parameters=parameters,
+                               prompt=prompt, extra_images=extra_images)
+        prompt = result.get("prompt", prompt)
+        parameters.update(result.get("parameters", {}))
+        metadata.update(result.get("metadata", {}))
+    if "image" not in result:
+        raise RuntimeError(f"{spec.stages[-1].deployment_name} returned no image")
+    return {**result, "metadata": metadata}, prompt
 
 
 def _error_message(exc: BaseException) -> str:
@@ -111,14 +132,13 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
     log.info("processing task %s (%s)", task_id, task.task_type)
     storage = get_storage()
     try:
-        image = storage.get(task.input_image) if task.input_image else None
-        result = _call_deployment(task, image)
+        result, prompt_used = _run_stages(task, storage)
         progress.ProgressWriter(task_uuid, 0).update(95, "Saving result")
         result_key = storage.put("output", result["image"])
         metadata = result.get("metadata", {})
         done = progress.succeed(task_uuid, result_key, {
             "image_url": None,  # the API turns result_image into an absolute URL when it answers
-            "prompt_used": metadata.get("prompt_used", task.prompt),
+            "prompt_used": prompt_used,
             "processing_time": None,
             "metadata": metadata,
         }, task.started_at)

@@ -1,4 +1,5 @@
-"""Which task types this system serves: their queue, their Serve deployment (by name) and their parameters.
+"""Which task types this system serves: their queue, the Serve deployments (by name) that run them, their
+parameters and their inputs.
 
 A new task type is one file in deployments/, one entry here and one entry in config/serve*.yaml.
 """
@@ -21,13 +22,27 @@ class BackgroundRemovalParameters(TaskParameters):
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One call of a job: `serve.get_deployment_handle(deployment_name, app_name)`, streaming `process`.
+
+    Every stage but the last returns no image: its result may carry `prompt` and `parameters` that replace or
+    extend what the next stage receives (e.g. prompt refinement before generation).
+    """
+
+    app_name: str
+    deployment_name: str
+    weight: int = 1  # share of the job's progress bar
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     task_type: TaskType
     queue: str  # Celery queue: "gpu" or "cpu", as the seed routes
-    app_name: str  # Serve application holding the deployment
-    deployment_name: str  # called through serve.get_deployment_handle(deployment_name, app_name)
+    stages: tuple[Stage, ...]
     parameters: type[TaskParameters]
     requires_image: bool
+    extra_images: tuple[str, ...] = ()  # further upload fields this type accepts: "target_image", "style_image"
+    required_extra_images: tuple[str, ...] = ()
 
 
 TASK_SPECS: dict[TaskType, TaskSpec] = {
@@ -36,12 +51,9 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
         TaskSpec(
             task_type=TaskType.BACKGROUND_REMOVAL,
             queue="cpu",
-            app_name="background_removal",
-            deployment_name="BackgroundRemoval",
+            stages=(Stage("background_removal", "BackgroundRemoval"),),
             parameters=BackgroundRemovalParameters,
             requires_image=True,
         ),
     )
 }
-
-QUEUES = ("gpu", "cpu")

@@ -12,7 +12,7 @@ from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus, TaskType
 from tasks.registry import TASK_SPECS
-from tasks.storage import get_storage
+from tasks.storage import Storage, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +25,23 @@ class TaskAlreadyFinished(Exception):
     pass
 
 
-def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], image_png: bytes | None) -> AITask:
-    """Store the input, insert the PENDING row, enqueue it on its queue; undo all of it if enqueueing fails."""
+def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], image_png: bytes | None,
+                extra_pngs: dict[str, bytes] | None = None) -> AITask:
+    """Store the inputs, insert the PENDING row, enqueue it on its queue; undo all of it if any step fails."""
     spec = TASK_SPECS[task_type]
     storage = get_storage()
     input_key = storage.put("input", image_png) if image_png is not None else None
+    extra_inputs = {name: storage.put("input", data) for name, data in (extra_pngs or {}).items()}
+    stored = [key for key in (input_key, *extra_inputs.values()) if key]
     task = AITask(task_type=task_type, prompt=prompt, parameters=parameters, input_image=input_key,
-                  celery_task_id=str(uuid.uuid4()), max_retries=get_settings().max_retries, message="Queued")
+                  extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
+                  max_retries=get_settings().max_retries, message="Queued")
     try:
         with session_scope() as session:
             session.add(task)
             session.commit()
     except Exception:
-        if input_key:
-            storage.delete(input_key)
+        _delete_all(storage, stored)
         raise
     try:
         # ignore_result: the row is the result; waiting on Celery's result store would only add a failure point.
@@ -49,10 +52,14 @@ def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], im
         with session_scope() as session:
             session.delete(session.get(AITask, task.id))
             session.commit()
-        if input_key:
-            storage.delete(input_key)
+        _delete_all(storage, stored)
         raise QueueUnavailable(str(exc)) from exc
     return task
+
+
+def _delete_all(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        storage.delete(key)
 
 
 def get_task(task_id: uuid.UUID) -> AITask | None:

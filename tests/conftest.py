@@ -1,8 +1,8 @@
 """Fixtures: a throw-away Postgres database and Redis db per run, and the real stack (Ray, Serve, Celery).
 
 DATABASE_URL names the Postgres server (a fresh database is created on it and dropped afterwards) and REDIS_URL
-the Redis server; both default to the local services on 127.0.0.1. The stack uses its own ports (API 8123, Ray
-6381, dashboard 8266) so that a developer's `backendai up` can keep running.
+the Redis server (a free numbered db on it is locked for the run); both default to the local services on
+127.0.0.1. The stack takes free ports, so a developer's `backendai up` or another test run can keep running.
 """
 
 import os
@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from serve.stack import free_port
 from tests.helpers import png_bytes
 
 SERVER_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -23,13 +24,28 @@ TEST_DATABASE = f"backendai_test_{uuid.uuid4().hex[:10]}"
 DATA_DIR = Path(tempfile.mkdtemp(prefix="backendai-test-"))
 
 # Read by every process of the stack (Settings come from the environment), so set before anything imports it.
+REDIS_LOCK = "backendai:test-run"
+
+
+def _lock_a_redis_db() -> str:
+    """A numbered Redis db that no other test run holds (runs may overlap on one machine)."""
+    import redis
+
+    server = SERVER_REDIS_URL.rsplit("/", 1)[0]
+    for number in range(1, 16):
+        client = redis.Redis.from_url(f"{server}/{number}")
+        if client.set(REDIS_LOCK, TEST_DATABASE, nx=True, ex=3 * 3600):
+            return f"{server}/{number}"
+    raise RuntimeError(f"all Redis dbs 1-15 on {server} are held by other test runs ({REDIS_LOCK})")
+
+
 os.environ.update(
     DATABASE_URL=str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)),
-    REDIS_URL=SERVER_REDIS_URL.rsplit("/", 1)[0] + "/13",
+    REDIS_URL=_lock_a_redis_db(),
     DATA_DIR=str(DATA_DIR),
-    API_PORT="8123",
-    RAY_HEAD_PORT="6381",
-    RAY_DASHBOARD_PORT="8266",
+    API_PORT=str(free_port()),
+    RAY_HEAD_PORT=str(free_port()),
+    RAY_DASHBOARD_PORT=str(free_port()),
     RETRY_BACKOFF_BASE_S="1",
     PROGRESS_MIN_INTERVAL_S="0",
 )
@@ -45,8 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    import redis
+
     from tasks.db import get_engine
 
+    redis.Redis.from_url(os.environ["REDIS_URL"]).delete(REDIS_LOCK)
     get_engine().dispose()
     with _server_engine().connect() as connection:
         connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
@@ -74,8 +93,9 @@ def redis_client(settings):
 
     client = redis.Redis.from_url(settings.effective_redis_url)
     client.flushdb()
+    client.set(REDIS_LOCK, TEST_DATABASE, ex=3 * 3600)
     yield client
-    client.flushdb()
+    client.flushdb()  # also releases the lock
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ def test_serve_config_validates_and_deploys_every_registered_service(name, setti
     config = ServeDeploySchema.model_validate(render_serve_config(settings, ROOT / "config" / name))
     deployments = {(app.name, deployment.name) for app in config.applications for deployment in app.deployments}
     for spec in TASK_SPECS.values():
-        assert (spec.app_name, spec.deployment_name) in deployments
+        for stage in spec.stages:
+            assert (stage.app_name, stage.deployment_name) in deployments
     for app in config.applications:
         assert app.runtime_env["env_vars"]["DATABASE_URL"] == settings.effective_database_url
 
@@ -28,7 +29,7 @@ def test_serve_config_validates_and_deploys_every_registered_service(name, setti
 def test_production_config_puts_models_on_gpus_and_scales_them_to_zero():
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "config" / "serve.yaml").read_text()))
     for app in config.applications:
-        if app.name in {spec.app_name for spec in TASK_SPECS.values()}:
+        if app.name in {stage.app_name for spec in TASK_SPECS.values() for stage in spec.stages}:
             for deployment in app.deployments:
                 assert deployment.ray_actor_options.num_gpus > 0
                 assert deployment.autoscaling_config["min_replicas"] == 0

@@ -49,6 +49,10 @@ def _parameters_for(spec: TaskSpec, raw: str | None) -> dict[str, Any]:
         raise ApiError(400, f"Invalid parameters for {spec.task_type}", details) from None
 
 
+def _submitted(upload: UploadFile | None) -> bool:
+    return upload is not None and bool(upload.filename or upload.size)
+
+
 def _media_url(request: Request, key: str | None, public_base: str | None) -> str | None:
     if key is None:
         return None
@@ -64,6 +68,10 @@ async def create_task(
     prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
     image: Annotated[UploadFile | None, File(description="Input image (required by image tasks).")] = None,
     parameters: Annotated[str | None, Form(description="JSON object of per-type parameters.")] = None,
+    target_image: Annotated[UploadFile | None, File(description="face_swap: the image that receives the face "
+                                                                "(`image` is the source face).")] = None,
+    style_image: Annotated[UploadFile | None, File(description="style_transfer: an image whose style to "
+                                                               "apply.")] = None,
 ) -> TaskCreated:
     """Validate, store the input, record the task (PENDING) and queue it."""
     spec = _spec_for(task_type)
@@ -73,11 +81,23 @@ async def create_task(
         raise ApiError(400, f"prompt is longer than {settings.max_prompt_length} characters",
                        {"prompt": f"got {len(prompt)} characters"})
     checked_parameters = _parameters_for(spec, parameters)
-    has_image = image is not None and bool(image.filename or image.size)
+    has_image = _submitted(image)
     if spec.requires_image and not has_image:
         raise ApiError(400, f"{spec.task_type} needs an image", {"image": "No file was submitted."})
+    extra_uploads = {name: upload for name, upload in (("target_image", target_image), ("style_image", style_image))
+                     if _submitted(upload)}
+    unexpected = sorted(extra_uploads.keys() - set(spec.extra_images))
+    if unexpected:
+        raise ApiError(400, f"{spec.task_type} does not take {', '.join(unexpected)}",
+                       dict.fromkeys(unexpected, "Remove this field."))
+    missing = [name for name in spec.required_extra_images if name not in extra_uploads]
+    if missing:
+        raise ApiError(400, f"{spec.task_type} needs {', '.join(missing)}",
+                       dict.fromkeys(missing, "No file was submitted."))
     image_png = await read_image_as_png(image, settings) if has_image and image is not None else None
-    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters, image_png)
+    extra_pngs = {name: await read_image_as_png(upload, settings) for name, upload in extra_uploads.items()}
+    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters, image_png,
+                                   extra_pngs)
     return TaskCreated(task_id=task.id, status=task.status, message="Task queued successfully",
                        created_at=task.created_at)
 

@@ -1,7 +1,6 @@
 """With its queue down the API refuses to create work (503 + Retry-After) and keeps nothing half-made."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,18 +9,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from serve.stack import free_port
 
 
 @pytest.fixture
 def api_without_redis(database, tmp_path):
     """The real API under plain uvicorn, on the real database, with REDIS_URL pointing at a closed port."""
-    port = _free_port()
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0", "DATA_DIR": str(tmp_path)}
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "DATA_DIR": str(tmp_path)}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

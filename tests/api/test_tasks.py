@@ -129,3 +129,10 @@ def test_exif_orientation_is_applied_to_the_stored_input(api_client, settings):
     assert (stored.format, stored.size) == ("PNG", (40, 80))
     assert "evil" not in task.input_image and task.input_image.startswith("tasks/input/")
     assert api_client.post(f"/api/v1/tasks/{task.id}/cancel/").status_code == 200
+
+
+def test_an_extra_image_the_type_does_not_take_is_refused(api_client, nothing_written):
+    response = _create(api_client, files={"image": ("a.png", _image()), "style_image": ("s.png", _image())},
+                       task_type="background_removal", prompt="x")
+    assert response.status_code == 400
+    assert response.json()["error"] == "background_removal does not take style_image"

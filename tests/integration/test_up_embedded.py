@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.stack import _bin, _free_port
+from serve.stack import _bin, free_port
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
 
 pytestmark = pytest.mark.integration
@@ -23,11 +23,11 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS", "STORAGE_URL", "PUBL
 
 
 def test_up_with_no_env_runs_a_job_end_to_end_and_stops_cleanly(tmp_path, astronaut_png, settings):
-    api_port = _free_port()
+    api_port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in CONFIG_NAMES}
     env.update(DATA_DIR=str(tmp_path / "home"), MODELS_DIR=str(settings.models_dir), API_PORT=str(api_port),
-               RAY_HEAD_PORT=str(_free_port()), RAY_DASHBOARD_PORT=str(_free_port()),
-               EMBEDDED_REDIS_PORT=str(_free_port()))
+               RAY_HEAD_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()),
+               EMBEDDED_REDIS_PORT=str(free_port()))
     up = subprocess.Popen([_bin("backendai"), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     lines: list[str] = []

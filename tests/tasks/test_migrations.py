@@ -38,3 +38,13 @@ def test_database_refuses_a_status_outside_the_choices(migrated_url):
         connection.execute(insert, {"id": uuid.uuid4().hex, "status": "PENDING"})
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
         connection.execute(insert, {"id": uuid.uuid4().hex, "status": "HALF_DONE"})
+
+
+def test_migrations_match_the_models(tmp_path):
+    from alembic import command
+
+    from tasks.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'check.db'}"
+    migrate(url)
+    command.check(alembic_config(url))  # raises if the models hold changes no migration makes

@@ -1,0 +1,26 @@
+"""extra inputs: further uploads of a task (face swap's target, style transfer's style image)
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-28 19:20:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("ai_tasks") as batch_op:
+        batch_op.add_column(sa.Column("extra_inputs", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("ai_tasks") as batch_op:
+        batch_op.drop_column("extra_inputs")
