@@ -2,6 +2,7 @@
 
 import io
 import warnings
+from dataclasses import dataclass
 
 from fastapi import UploadFile
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,7 +13,14 @@ from tasks.config import Settings
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
-async def read_image_as_png(upload: UploadFile, settings: Settings) -> bytes:
+@dataclass(frozen=True)
+class UploadedImage:
+    png: bytes
+    width: int
+    height: int
+
+
+async def read_image_as_png(upload: UploadFile, settings: Settings) -> UploadedImage:
     """Return the upload re-encoded as PNG (upright, first frame), or raise a 4xx ApiError."""
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
@@ -42,4 +50,4 @@ async def read_image_as_png(upload: UploadFile, settings: Settings) -> bytes:
         image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return UploadedImage(buffer.getvalue(), *image.size)

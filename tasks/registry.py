@@ -16,6 +16,10 @@ class TaskParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def check_input_size(self, width: int, height: int) -> None:
+        """Refuse (ValueError with a clear message) an input these parameters cannot process, e.g. an upscale
+        whose output would exceed the pixel cap. The API calls it once the image is read."""
+
 
 class BackgroundRemovalParameters(TaskParameters):
     return_mask: bool = Field(default=False, description="Return the single-channel mask instead of the cut-out.")

@@ -94,10 +94,16 @@ async def create_task(
     if missing:
         raise ApiError(400, f"{spec.task_type} needs {', '.join(missing)}",
                        dict.fromkeys(missing, "No file was submitted."))
-    image_png = await read_image_as_png(image, settings) if has_image and image is not None else None
-    extra_pngs = {name: await read_image_as_png(upload, settings) for name, upload in extra_uploads.items()}
-    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters, image_png,
-                                   extra_pngs)
+    uploaded = await read_image_as_png(image, settings) if has_image and image is not None else None
+    extras = {name: await read_image_as_png(upload, settings) for name, upload in extra_uploads.items()}
+    if uploaded is not None:
+        try:
+            spec.parameters.model_validate(checked_parameters).check_input_size(uploaded.width, uploaded.height)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), {"image": f"{uploaded.width}x{uploaded.height}"}) from None
+    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters,
+                                   uploaded.png if uploaded else None,
+                                   {name: extra.png for name, extra in extras.items()})
     return TaskCreated(task_id=task.id, status=task.status, message="Task queued successfully",
                        created_at=task.created_at)
 
