@@ -99,11 +99,47 @@ def _models_fetch(_: argparse.Namespace) -> int:
 
 
 def _db_upgrade(_: argparse.Namespace) -> int:
+    _migrated()
+    print(f"database at {get_settings().effective_database_url} is at the newest schema")
+    return 0
+
+
+def _migrated() -> None:
+    """Key commands may be the first thing run on a fresh database."""
     from tasks.db import migrate
 
     migrate()
-    print(f"database at {get_settings().effective_database_url} is at the newest schema")
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from tasks.keys import create_key
+
+    _migrated()
+    key, record = create_key(args.name, args.rate_limit)
+    print(f"created key {record.prefix}… for {record.name!r}; it is shown only now:\n{key}")
     return 0
+
+
+def _keys_list(_: argparse.Namespace) -> int:
+    from tasks.keys import list_keys
+
+    _migrated()
+    for record in list_keys():
+        state = f"revoked {record.revoked_at:%Y-%m-%d}" if record.revoked_at else "active"
+        limit = record.rate_limit_per_minute or get_settings().rate_limit_per_minute
+        print(f"{record.prefix}…  {record.name:<24} {state:<18} {limit}/min  created {record.created_at:%Y-%m-%d}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from tasks.keys import revoke_key
+
+    _migrated()
+    if revoke_key(args.prefix):
+        print(f"revoked {args.prefix}…")
+        return 0
+    print(f"no active key starts with {args.prefix!r}", file=sys.stderr)
+    return 1
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -137,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="migrate the schema to the newest revision").set_defaults(handler=_db_upgrade)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key (printed once; stored hashed)")
+    create.add_argument("name")
+    create.add_argument("--rate-limit", type=int, help="requests per minute (default RATE_LIMIT_PER_MINUTE)")
+    create.set_defaults(handler=_keys_create)
+    keys.add_parser("list", help="list keys").set_defaults(handler=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by its prefix (as `keys list` shows it)")
+    revoke.add_argument("prefix")
+    revoke.set_defaults(handler=_keys_revoke)
 
     api = commands.add_parser("api", help="serve the API with plain uvicorn (no Ray Serve ingress)")
     api.add_argument("--host")

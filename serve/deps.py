@@ -1,25 +1,72 @@
 """Named dependencies, so a route's signature reads like its contract."""
 
+import logging
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+import redis
+from fastapi import Depends, Header, Request
 
 from serve.errors import ApiError
+from tasks import keys
 from tasks.config import Settings, get_settings
 from tasks.models import AITask
 from tasks.service import get_task
 
+log = logging.getLogger(__name__)
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _task_from_path(task_id: str) -> AITask:
+@dataclass(frozen=True)
+class Caller:
+    key_id: uuid.UUID | None  # None: no key presented (allowed unless API_KEYS_REQUIRED)
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def _caller(
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(description="API key (or `Authorization: Bearer <key>`).")] = None,
+) -> Caller:
+    presented = presented_key(authorization, x_api_key)
+    key = keys.find_key(presented) if presented else None
+    if presented and key is None:
+        raise ApiError(401, "Invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if key is None and settings.api_keys_required:
+        raise ApiError(401, "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key`",
+                       headers={"WWW-Authenticate": "Bearer"})
+    identity = f"key:{key.id}" if key else f"ip:{request.client.host if request.client else 'unknown'}"
+    try:
+        limited = keys.take_request_slot(identity, key.rate_limit_per_minute if key else None)
+    except redis.RedisError as exc:  # fail open: Redis being down must not stop status polls from Postgres
+        log.warning("rate limit not checked: %s", exc)
+        limited = None
+    if limited:
+        raise ApiError(429, f"Rate limit reached; retry in {limited.retry_after_s} s",
+                       headers={"Retry-After": str(limited.retry_after_s)})
+    return Caller(key.id if key else None)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _task_from_path(task_id: str, caller: CallerDep) -> AITask:
     try:
         parsed = uuid.UUID(task_id)
     except ValueError:
         raise ApiError(404, f"Task not found: {task_id!r} is not a valid task id") from None
     task = get_task(parsed)
-    if task is None:
+    if task is None or task.api_key_id != caller.key_id:  # another key's task does not exist for this caller
         raise ApiError(404, "Task not found")
     return task
 

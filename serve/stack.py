@@ -175,6 +175,9 @@ class Stack:
         for queue, concurrency in (("gpu", self.settings.gpu_worker_concurrency),
                                    ("cpu", self.settings.cpu_worker_concurrency)):
             self.start_worker(queue, concurrency)
+        self.echo("[celery] starting beat (periodic expiry of old inputs and results)")
+        self._spawn("beat", [_bin("celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO",
+                             "-s", str(self.settings.data_dir / "celerybeat-schedule")])
 
     def start_worker(self, queue: str, concurrency: int, name: str | None = None) -> subprocess.Popen:
         name = name or f"worker-{queue}"

@@ -9,7 +9,7 @@ from tasks.config import get_settings
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("backendai", broker=settings.effective_redis_url, backend=settings.effective_redis_url,
-                 include=["tasks.processing"])
+                 include=["tasks.processing", "tasks.expiry"])
     longest_retry_countdown = settings.retry_backoff_base_s * 2**settings.max_retries
     app.conf.update(
         task_serializer="json",
@@ -29,7 +29,8 @@ def create_celery() -> Celery:
         # Unacked messages (running, or waiting for a retry countdown) come back after this long; it must exceed
         # the hard time limit plus the longest countdown, or Redis hands a healthy task to a second worker.
         broker_transport_options={
-            "visibility_timeout": int(max(3600, 2 * (settings.task_time_limit_s + longest_retry_countdown)))
+            "visibility_timeout": settings.broker_visibility_timeout_s
+            or int(max(3600, 2 * (settings.task_time_limit_s + longest_retry_countdown)))
         },
         # The API must answer quickly when Redis is down rather than retry publishing for minutes.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
@@ -38,6 +39,10 @@ def create_celery() -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
+        beat_schedule={
+            "expire-old-tasks": {"task": "tasks.expire_old_tasks", "schedule": float(settings.expiry_interval_s),
+                                 "options": {"queue": "cpu"}},
+        },
     )
     return app
 

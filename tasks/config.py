@@ -45,9 +45,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
 
+    # Access.
+    api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")
+    rate_limit_per_minute: int = Field(default=600, description="Requests per minute per key (or per client "
+                                       "address without a key); 0 turns the limit off.")
+
+    # Retention: inputs and results of finished tasks are deleted after this long (celery beat runs the job).
+    result_ttl_s: int = 7 * 24 * 3600
+    expiry_interval_s: int = 3600
+
     # Job execution.
     max_retries: int = 3
     retry_backoff_base_s: float = Field(default=60.0, description="Seed backoff: base * 2**retry_count.")
+    max_worker_losses: int = Field(default=2, description="A task whose worker dies more often ends FAILURE.")
+    broker_visibility_timeout_s: int | None = Field(
+        default=None, description="Redis redelivers unacked messages after this long; derived from the limits."
+    )
     task_time_limit_s: int = 600
     task_soft_time_limit_s: int = 540
     result_expires_s: int = 3600

@@ -19,11 +19,15 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 def get_engine() -> sa.Engine:
     url = get_settings().effective_database_url
     if url.startswith("sqlite"):
-        Path(sa.make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+        _make_sqlite_folder(url)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _make_sqlite_folder(url: str) -> None:
+    Path(sa.make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -49,4 +53,8 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 def migrate(database_url: str | None = None) -> None:
     """Bring the schema to the newest migration (idempotent)."""
-    command.upgrade(alembic_config(database_url), "head")
+    config = alembic_config(database_url)
+    url = config.get_main_option("sqlalchemy.url") or ""
+    if url.startswith("sqlite"):
+        _make_sqlite_folder(url)
+    command.upgrade(config, "head")

@@ -54,6 +54,20 @@ def _timestamp() -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
+class APIKey(SQLModel, table=True):
+    """A client's key: only its SHA-256 is stored; the key itself is shown once, when created."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100)
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    prefix: str = Field(max_length=12, description="First characters of the key, to recognise it in listings.")
+    rate_limit_per_minute: int | None = Field(default=None, description="Overrides the default per-key limit.")
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    revoked_at: datetime | None = _timestamp()
+
+
 class AITask(SQLModel, table=True):
     """One AI job: its input, progress, outcome and timing."""
 
@@ -65,6 +79,11 @@ class AITask(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     celery_task_id: str | None = Field(default=None, max_length=255, unique=True)
+    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id", index=True,
+                                         description="Owner; None for tasks made without a key.")
+    idempotency_scope: str | None = Field(default=None, max_length=400, unique=True,
+                                          description="Owner and Idempotency-Key header of the create request.")
+    request_fingerprint: str | None = Field(default=None, max_length=64, description="SHA-256 of the request.")
 
     task_type: TaskType = Field(sa_column=Column(_choice(TaskType, "task_type"), nullable=False))
     status: TaskStatus = Field(
@@ -88,16 +107,14 @@ class AITask(SQLModel, table=True):
     error_message: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     retry_count: int = 0
     max_retries: int = 3
+    worker_losses: int = Field(default=0, description="Deliveries whose worker died mid-task.")
 
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
-    )
-    updated_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     started_at: datetime | None = _timestamp()
     completed_at: datetime | None = _timestamp()
     processing_time: float | None = Field(default=None, description="Seconds from start to completion.")
+    expired_at: datetime | None = _timestamp()  # inputs and result deleted by the expiry job
 
     def __str__(self) -> str:
         return f"{self.task_type} - {self.status} ({self.id})"

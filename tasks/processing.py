@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from ray.serve.exceptions import RequestCancelledError
+from ray.exceptions import RaySystemError
+from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from tasks import progress, ray_client
 from tasks.celery_app import celery_app
@@ -110,9 +111,16 @@ def _run_stages(task: AITask, storage: Storage) -> tuple[dict[str, Any], str]:
 
 
 def _error_message(exc: BaseException) -> str:
-    """The model's own message: Ray wraps replica exceptions in a RayTaskError whose str is a traceback."""
+    """One line for the user: the model's own message (Ray wraps replica exceptions in a RayTaskError whose
+    str is a traceback), or the first line of a system error such as ActorDiedError."""
     cause = getattr(exc, "cause", None)
-    return str(cause) if isinstance(cause, BaseException) else str(exc)
+    lines = str(cause if isinstance(cause, BaseException) else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _needs_reconnect(exc: BaseException) -> bool:
+    """After a Ray or Serve restart a connected driver keeps failing until it reconnects (ARCHITECTURE.md)."""
+    return isinstance(exc, RaySystemError | RayServeException | ConnectionError)
 
 
 def _retry_countdown(retry_count: int) -> float:
@@ -157,7 +165,8 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
     except Exception as exc:  # anything else may pass (replica died, Serve restarting, OOM): bounded retries
         error = f"{type(getattr(exc, 'cause', None) or exc).__name__}: {_error_message(exc)}"
         log.warning("task %s failed (attempt %d): %s", task_id, task.retry_count + 1, error)
-        ray_client.disconnect()  # a Ray restart leaves stale connections: reconnect on the next attempt
+        if _needs_reconnect(exc):
+            ray_client.disconnect()
         if task.retry_count >= task.max_retries:
             progress.fail(task_uuid, error)
             return {"status": "failure", "task_id": task_id}

@@ -21,20 +21,25 @@ CHANNEL_PREFIX = "backendai:task:"
 
 
 @lru_cache
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     return redis.Redis.from_url(get_settings().effective_redis_url, socket_timeout=2, socket_connect_timeout=2)
 
 
 def publish(task_id: uuid.UUID, **event: Any) -> None:
     """Tell live listeners (pub/sub) what changed; losing one of these never loses state (the row has it)."""
     try:
-        _redis().publish(f"{CHANNEL_PREFIX}{task_id}", json.dumps({"task_id": str(task_id), **event}))
+        redis_client().publish(f"{CHANNEL_PREFIX}{task_id}", json.dumps({"task_id": str(task_id), **event}))
     except redis.RedisError:
         pass
 
 
+MESSAGE_LENGTH = AITask.__table__.c.message.type.length
+
+
 def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) -> bool:
     values["updated_at"] = utcnow()
+    if values.get("message"):
+        values["message"] = values["message"][:MESSAGE_LENGTH]
     statement = sa.update(AITask).where(AITask.id == task_id, AITask.status.in_(only_if)).values(**values)
     with session_scope() as session:
         changed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
@@ -45,27 +50,33 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
 
 
 def claim(task_id: uuid.UUID, celery_task_id: str) -> AITask | None:
-    """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken)."""
+    """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken).
+
+    A delivery of the message that is already PROCESSING means its worker died mid-task (acks_late +
+    reject_on_worker_lost redeliver it). That is counted, and past `max_worker_losses` the task ends FAILURE
+    instead of killing worker after worker.
+    """
     now = utcnow()
+    runnable = AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
+    redelivered = sa.and_(AITask.status == TaskStatus.PROCESSING, AITask.celery_task_id == celery_task_id)
     statement = (
         sa.update(AITask)
-        .where(
-            AITask.id == task_id,
-            sa.or_(
-                AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY)),
-                # The same message redelivered after its worker died.
-                sa.and_(AITask.status == TaskStatus.PROCESSING, AITask.celery_task_id == celery_task_id),
-            ),
-        )
+        .where(AITask.id == task_id, sa.or_(runnable, redelivered))
         .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message="Started",
+                worker_losses=AITask.worker_losses + sa.case((redelivered, 1), else_=0),
                 started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now)
     )
     with session_scope() as session:
         claimed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
         session.commit()
         task = session.get(AITask, task_id) if claimed else None
-    if task is not None:
-        publish(task_id, status=TaskStatus.PROCESSING, progress=5, message="Started")
+    if task is None:
+        return None
+    limit = get_settings().max_worker_losses
+    if task.worker_losses > limit:
+        fail(task_id, f"worker lost: the task ended its worker {task.worker_losses} times (limit {limit})")
+        return None
+    publish(task_id, status=TaskStatus.PROCESSING, progress=5, message="Started")
     return task
 
 

@@ -1,9 +1,13 @@
 """Creating and cancelling tasks: the middle tier's entry points for the API and the CLI."""
 
+import hashlib
+import json
 import logging
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from kombu.exceptions import OperationalError as BrokerError
 
 from tasks import progress
@@ -25,21 +29,74 @@ class TaskAlreadyFinished(Exception):
     pass
 
 
-def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], image_png: bytes | None,
-                extra_pngs: dict[str, bytes] | None = None) -> AITask:
-    """Store the inputs, insert the PENDING row, enqueue it on its queue; undo all of it if any step fails."""
-    spec = TASK_SPECS[task_type]
+@dataclass(frozen=True)
+class TaskRequest:
+    """A validated create request."""
+
+    task_type: TaskType
+    prompt: str
+    parameters: dict[str, Any]
+    image_png: bytes | None = None
+    extra_pngs: dict[str, bytes] = field(default_factory=dict)
+    owner: uuid.UUID | None = None  # the API key's id
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps([self.task_type, self.prompt, self.parameters], sort_keys=True).encode())
+        for name, data in sorted({"image": self.image_png or b"", **self.extra_pngs}.items()):
+            digest.update(name.encode() + hashlib.sha256(data).digest())
+        return digest.hexdigest()
+
+    @property
+    def idempotency_scope(self) -> str | None:
+        return f"{self.owner or 'anonymous'}:{self.idempotency_key}" if self.idempotency_key else None
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+
+def _replay(request: TaskRequest) -> AITask | None:
+    """The task an earlier identical request with the same Idempotency-Key made, if any."""
+    if request.idempotency_scope is None:
+        return None
+    with session_scope() as session:
+        earlier = session.exec(
+            sa.select(AITask).where(AITask.idempotency_scope == request.idempotency_scope)
+        ).scalar_one_or_none()
+    if earlier is not None and earlier.request_fingerprint != request.fingerprint():
+        raise IdempotencyConflict(earlier.id)
+    return earlier
+
+
+def create_task(request: TaskRequest) -> tuple[AITask, bool]:
+    """Store the inputs, insert the PENDING row, enqueue it on its queue; undo all of it if any step fails.
+
+    Returns the task and whether it is a replay of an earlier request with the same Idempotency-Key.
+    """
+    earlier = _replay(request)
+    if earlier is not None:
+        return earlier, True
+    spec = TASK_SPECS[request.task_type]
     storage = get_storage()
-    input_key = storage.put("input", image_png) if image_png is not None else None
-    extra_inputs = {name: storage.put("input", data) for name, data in (extra_pngs or {}).items()}
+    input_key = storage.put("input", request.image_png) if request.image_png is not None else None
+    extra_inputs = {name: storage.put("input", data) for name, data in request.extra_pngs.items()}
     stored = [key for key in (input_key, *extra_inputs.values()) if key]
-    task = AITask(task_type=task_type, prompt=prompt, parameters=parameters, input_image=input_key,
-                  extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
-                  max_retries=get_settings().max_retries, message="Queued")
+    task = AITask(task_type=request.task_type, prompt=request.prompt, parameters=request.parameters,
+                  input_image=input_key, extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
+                  api_key_id=request.owner, idempotency_scope=request.idempotency_scope,
+                  request_fingerprint=request.fingerprint(), max_retries=get_settings().max_retries,
+                  message="Queued")
     try:
         with session_scope() as session:
             session.add(task)
             session.commit()
+    except sa.exc.IntegrityError:
+        _delete_all(storage, stored)
+        earlier = _replay(request)  # a concurrent request with the same key won the insert
+        if earlier is None:
+            raise
+        return earlier, True
     except Exception:
         _delete_all(storage, stored)
         raise
@@ -54,7 +111,7 @@ def create_task(task_type: TaskType, prompt: str, parameters: dict[str, Any], im
             session.commit()
         _delete_all(storage, stored)
         raise QueueUnavailable(str(exc)) from exc
-    return task
+    return task, False
 
 
 def _delete_all(storage: Storage, keys: list[str]) -> None:
@@ -65,6 +122,11 @@ def _delete_all(storage: Storage, keys: list[str]) -> None:
 def get_task(task_id: uuid.UUID) -> AITask | None:
     with session_scope() as session:
         return session.get(AITask, task_id)
+
+
+def get_task_by_result(result_key: str) -> AITask | None:
+    with session_scope() as session:
+        return session.exec(sa.select(AITask).where(AITask.result_image == result_key)).scalar_one_or_none()
 
 
 def cancel_task(task: AITask) -> AITask:

@@ -47,7 +47,10 @@ os.environ.update(
     RAY_HEAD_PORT=str(free_port()),
     RAY_DASHBOARD_PORT=str(free_port()),
     RETRY_BACKOFF_BASE_S="1",
+    # Tasks here take seconds: a short visibility timeout lets a killed worker's tasks come back quickly.
+    BROKER_VISIBILITY_TIMEOUT_S="15",
     PROGRESS_MIN_INTERVAL_S="0",
+    RATE_LIMIT_PER_MINUTE="0",  # tests poll hard; the limit itself is tested with per-key limits
 )
 
 
@@ -107,6 +110,38 @@ def api_client(database, redis_client):
 
     with TestClient(create_app()) as client:
         yield client
+
+
+@pytest.fixture
+def uvicorn_api(database, tmp_path):
+    """Start the real API under plain uvicorn with some settings changed; yields a function env → base URL."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    processes = []
+
+    def start(**env_overrides: str) -> str:
+        port = free_port()
+        env = {**os.environ, "DATA_DIR": str(tmp_path), **env_overrides}
+        processes.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--port", str(port)],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/openapi.json", timeout=1)
+                return url
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("uvicorn did not start")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="session")

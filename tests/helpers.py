@@ -26,7 +26,9 @@ def alpha_of(png: bytes) -> np.ndarray:
 def wait_for(client, task_id: str, statuses: set[str], timeout_s: float = 120) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/tasks/{task_id}/status/").json()
+        response = client.get(f"/api/v1/tasks/{task_id}/status/")
+        assert response.status_code == 200, response.text
+        body = response.json()
         if body["status"] in statuses:
             return body
         time.sleep(0.05)

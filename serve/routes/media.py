@@ -1,10 +1,19 @@
-"""Result images by URL, read from the configured storage (used when no public media URL is set)."""
+"""Result images by URL, read from the configured storage (used when no public media URL is set).
 
-from fastapi import APIRouter
+A result URL is a capability: its name is 192 random bits, so a browser's <img src> works without a key. A
+request that does present a key sees only that key's files.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from serve.deps import presented_key
 from serve.errors import ApiError
+from tasks import keys
+from tasks.service import get_task_by_result
 from tasks.storage import get_storage
 
 router = APIRouter(tags=["media"])
@@ -13,11 +22,22 @@ SERVED_PREFIX = "tasks/output/"
 
 
 @router.get("/media/{key:path}", name="get_media", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}, 404: {}})
-async def get_media(key: str) -> Response:
+            responses={200: {"content": {"image/png": {}}}, 404: {}, 410: {}})
+async def get_media(
+    key: str,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """A stored result image."""
-    storage = get_storage()
-    if not key.startswith(SERVED_PREFIX) or not await run_in_threadpool(storage.exists, key):
+    task = await run_in_threadpool(get_task_by_result, key) if key.startswith(SERVED_PREFIX) else None
+    if task is None:
         raise ApiError(404, "File not found")
-    data = await run_in_threadpool(storage.get, key)
+    presented = presented_key(authorization, x_api_key)
+    if presented:
+        caller = await run_in_threadpool(keys.find_key, presented)
+        if caller is None or caller.id != task.api_key_id:
+            raise ApiError(404, "File not found")
+    if task.expired_at is not None:
+        raise ApiError(410, "File expired and was deleted")
+    data = await run_in_threadpool(get_storage().get, key)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -3,11 +3,11 @@
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from serve.deps import SettingsDep, TaskDep
+from serve.deps import CallerDep, SettingsDep, TaskDep
 from serve.errors import ApiError
 from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
 from serve.uploads import read_image_as_png
@@ -18,7 +18,7 @@ from tasks.registry import TASK_SPECS, TaskSpec
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 404, 413, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 410, 413, 429, 503)
 }
 
 
@@ -64,6 +64,8 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
 @router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS)
 async def create_task(
     settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
     task_type: Annotated[str, Form(description="One of the seed's task types.")],
     prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
     image: Annotated[UploadFile | None, File(description="Input image (required by image tasks).")] = None,
@@ -72,6 +74,8 @@ async def create_task(
                                                                 "(`image` is the source face).")] = None,
     style_image: Annotated[UploadFile | None, File(description="style_transfer: an image whose style to "
                                                                "apply.")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="Same key and body: the same "
+                                                  "task again; same key, other body: 409.")] = None,
 ) -> TaskCreated:
     """Validate, store the input, record the task (PENDING) and queue it."""
     spec = _spec_for(task_type)
@@ -101,9 +105,18 @@ async def create_task(
             spec.parameters.model_validate(checked_parameters).check_input_size(uploaded.width, uploaded.height)
         except ValueError as exc:
             raise ApiError(400, str(exc), {"image": f"{uploaded.width}x{uploaded.height}"}) from None
-    task = await run_in_threadpool(service.create_task, spec.task_type, prompt, checked_parameters,
-                                   uploaded.png if uploaded else None,
-                                   {name: extra.png for name, extra in extras.items()})
+    request = service.TaskRequest(
+        task_type=spec.task_type, prompt=prompt, parameters=checked_parameters,
+        image_png=uploaded.png if uploaded else None, extra_pngs={name: extra.png for name, extra in extras.items()},
+        owner=caller.key_id, idempotency_key=idempotency_key,
+    )
+    try:
+        task, replayed = await run_in_threadpool(service.create_task, request)
+    except service.IdempotencyConflict as conflict:
+        raise ApiError(409, "Idempotency-Key was already used with a different request",
+                       {"task_id": str(conflict.args[0])}) from None
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return TaskCreated(task_id=task.id, status=task.status, message="Task queued successfully",
                        created_at=task.created_at)
 
@@ -128,6 +141,9 @@ def task_result(task: TaskDep, request: Request, settings: SettingsDep) -> TaskR
     """The finished task's output: image URL, prompt used, timing and model metadata."""
     if task.status != TaskStatus.SUCCESS:
         raise ApiError(400, f"Task not completed. Status: {task.status}")
+    if task.expired_at is not None:
+        raise ApiError(410, f"Result expired: results are kept for {settings.result_ttl_s // 3600} hours after "
+                            f"completion and this one was deleted at {task.expired_at:%Y-%m-%dT%H:%M:%SZ}")
     stored = task.result_data or {}
     image_url = _media_url(request, task.result_image, settings.public_media_url)
     result = TaskResultData(image_url=image_url, prompt_used=stored.get("prompt_used"),

@@ -1,0 +1,107 @@
+"""API keys, ownership, rate limits and idempotency, on the real app, database and Redis."""
+
+import io
+import json
+import time
+import uuid
+
+import httpx
+from PIL import Image
+
+from tasks.keys import create_key, revoke_key
+
+CREATE = "/api/v1/tasks/create/"
+
+
+def _png(colour=(10, 200, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _create(client, key: str | None = None, idempotency_key: str | None = None, prompt="cut", colour=(1, 2, 3)):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    return client.post(CREATE, headers=headers, data={"task_type": "background_removal", "prompt": prompt},
+                       files={"image": ("a.png", _png(colour))})
+
+
+def test_a_task_is_visible_only_to_the_key_that_made_it(api_client, database):
+    alice, _ = create_key("alice")
+    bob, _ = create_key("bob")
+    created = _create(api_client, alice)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["task_id"]
+    for path in ("status", "result"):
+        assert api_client.get(f"/api/v1/tasks/{task_id}/{path}/", headers={"X-API-Key": bob}).status_code == 404
+        assert api_client.get(f"/api/v1/tasks/{task_id}/{path}/").status_code == 404  # no key: not yours either
+    assert api_client.post(f"/api/v1/tasks/{task_id}/cancel/", headers={"X-API-Key": bob}).status_code == 404
+    mine = api_client.get(f"/api/v1/tasks/{task_id}/status/", headers={"Authorization": f"Bearer {alice}"})
+    assert mine.status_code == 200 and mine.json()["task_id"] == task_id
+    assert api_client.post(f"/api/v1/tasks/{task_id}/cancel/", headers={"X-API-Key": alice}).status_code == 200
+
+
+def test_unknown_and_revoked_keys_are_401(api_client, database):
+    key, record = create_key("soon revoked")
+    assert _create(api_client, "bai_not-a-real-key").status_code == 401
+    assert revoke_key(record.prefix)
+    response = _create(api_client, key)
+    assert response.status_code == 401 and response.json()["error"] == "Invalid or revoked API key"
+
+
+def test_keys_are_required_when_configured(uvicorn_api):
+    url = uvicorn_api(API_KEYS_REQUIRED="true")
+    key, _ = create_key("required")
+    anonymous = httpx.get(f"{url}/api/v1/tasks/{uuid.uuid4()}/status/")
+    assert anonymous.status_code == 401 and "API key is required" in anonymous.json()["error"]
+    assert httpx.get(f"{url}/api/v1/tasks/{uuid.uuid4()}/status/", headers={"X-API-Key": key}).status_code == 404
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(api_client, database):
+    for _ in range(2):  # the limit is per clock minute: redo the round if it straddled a minute boundary
+        minute = int(time.time() // 60)
+        key, _ = create_key("limited", rate_limit_per_minute=3)
+        responses = [api_client.get(f"/api/v1/tasks/{uuid.uuid4()}/status/", headers={"X-API-Key": key})
+                     for _ in range(4)]
+        if int(time.time() // 60) == minute:
+            break
+    assert [response.status_code for response in responses] == [404, 404, 404, 429]
+    assert 1 <= int(responses[-1].headers["Retry-After"]) <= 60
+    assert "Rate limit reached" in responses[-1].json()["error"]
+    other, _ = create_key("unaffected", rate_limit_per_minute=3)
+    assert api_client.get(f"/api/v1/tasks/{uuid.uuid4()}/status/", headers={"X-API-Key": other}).status_code == 404
+
+
+def test_idempotency_key_replays_the_same_task_and_refuses_a_different_body(api_client, database):
+    key, _ = create_key("idempotent")
+    token = f"order-{uuid.uuid4()}"
+    first = _create(api_client, key, token)
+    again = _create(api_client, key, token)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["task_id"] == again.json()["task_id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+
+    different = _create(api_client, key, token, prompt="something else")
+    assert different.status_code == 409
+    assert different.json()["details"] == {"task_id": first.json()["task_id"]}
+    other_image = _create(api_client, key, token, colour=(200, 0, 0))
+    assert other_image.status_code == 409
+
+    other_owner = _create(api_client, None, token)  # the same header from another caller is another request
+    assert other_owner.status_code == 201 and other_owner.json()["task_id"] != first.json()["task_id"]
+    for task_id in {first.json()["task_id"], other_owner.json()["task_id"]}:
+        headers = {"X-API-Key": key} if task_id == first.json()["task_id"] else {}
+        api_client.post(f"/api/v1/tasks/{task_id}/cancel/", headers=headers)
+
+
+def test_parameters_are_part_of_the_idempotent_request(api_client, database):
+    token = f"params-{uuid.uuid4()}"
+    headers = {"Idempotency-Key": token}
+    first = api_client.post(CREATE, headers=headers, files={"image": ("a.png", _png())},
+                            data={"task_type": "background_removal", "prompt": "p", "parameters": "{}"})
+    masked = api_client.post(CREATE, headers=headers, files={"image": ("a.png", _png())},
+                             data={"task_type": "background_removal", "prompt": "p",
+                                   "parameters": json.dumps({"return_mask": True})})
+    assert first.status_code == 201 and masked.status_code == 409
+    api_client.post(f"/api/v1/tasks/{first.json()['task_id']}/cancel/")

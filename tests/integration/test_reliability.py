@@ -1,0 +1,155 @@
+"""Real faults on the real stack: workers and replicas killed mid-task, poison tasks, expiry by the periodic job.
+
+Nothing is simulated: processes are SIGKILLed, and Redis, Postgres, Ray and Celery do what they do.
+"""
+
+import io
+import os
+import signal
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from tasks.celery_app import celery_app
+from tasks.db import session_scope
+from tasks.models import AITask, utcnow
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+CREATE = "/api/v1/tasks/create/"
+
+
+@pytest.fixture(scope="module")
+def slow_png(astronaut) -> bytes:
+    """The astronaut at 3000x3000: background removal takes seconds, long enough to be killed mid-way."""
+    buffer = io.BytesIO()
+    astronaut.resize((3000, 3000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _create(http, png: bytes) -> str:
+    response = http.post(CREATE, data={"prompt": "fault", "task_type": "background_removal"},
+                         files={"image": ("in.png", png)})
+    assert response.status_code == 201, response.text
+    return response.json()["task_id"]
+
+
+def _row(task_id: str) -> AITask:
+    with session_scope() as session:
+        return session.get(AITask, uuid.UUID(task_id))
+
+
+def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _worker_name(prefix: str) -> str:
+    names = [name for reply in celery_app.control.ping(timeout=1) for name in reply if name.startswith(prefix)]
+    assert names, f"no worker named {prefix}…"
+    return names[0]
+
+
+@contextmanager
+def only_worker(stack, name: str):
+    """Run a cpu worker of concurrency 1 named `name` while the stack's own cpu worker consumes nothing."""
+    process = stack.start_worker("cpu", 1, name=name)
+    _wait_until(lambda: any(n.startswith(f"{name}@") for reply in celery_app.control.ping(timeout=0.5)
+                            for n in reply), 30, f"worker {name}")
+    main = _worker_name("worker-cpu@")
+    assert celery_app.control.cancel_consumer("cpu", destination=[main], reply=True, timeout=5)
+    try:
+        yield process
+    finally:
+        assert celery_app.control.add_consumer("cpu", destination=[main], reply=True, timeout=5)
+        stack.processes.pop(name, None)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, stack, slow_png, settings):
+    """Each delivery's pool process is SIGKILLed mid-task; past max_worker_losses redeliveries the task fails."""
+    with only_worker(stack, "worker-poison") as worker:
+        task_id = _create(http, slow_png)
+        for delivery in range(settings.max_worker_losses + 1):
+            _wait_until(lambda d=delivery: (row := _row(task_id)).status == "PROCESSING" and row.worker_losses == d,
+                        60, f"delivery {delivery + 1}")
+            (pool_process,) = psutil.Process(worker.pid).children()
+            pool_process.send_signal(signal.SIGKILL)
+        status = wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=120)
+    assert status["status"] == "FAILURE", status
+    assert status["error_message"].startswith("worker lost"), status
+    assert _row(task_id).worker_losses == settings.max_worker_losses + 1
+
+
+def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings, astronaut):
+    """50 tasks; one of the two cpu workers is SIGKILLed (whole process group) mid-run; all end SUCCESS once."""
+    small = io.BytesIO()
+    astronaut.resize((96, 96)).save(small, format="PNG")
+    victim = stack.start_worker("cpu", 2, name="worker-victim")
+    _wait_until(lambda: any("worker-victim" in name for reply in celery_app.control.ping(timeout=0.5)
+                            for name in reply), 30, "the extra worker")
+    task_ids = [_create(http, small.getvalue()) for _ in range(50)]
+    _wait_until(lambda: any(_row(t).status == "PROCESSING" for t in task_ids), 60, "work to start")
+    time.sleep(1.0)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    stack.processes.pop("worker-victim", None)
+
+    statuses = [wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=180) for task_id in task_ids]
+    assert [status["status"] for status in statuses] == ["SUCCESS"] * 50
+    rows = [_row(task_id) for task_id in task_ids]
+    assert all(row.result_image for row in rows)
+    outputs = {path.relative_to(settings.data_dir / "media").as_posix()
+               for path in (settings.data_dir / "media" / "tasks" / "output").rglob("*.png")}
+    assert {row.result_image for row in rows} <= outputs
+    with session_scope() as session:
+        stuck = session.exec(sa.select(sa.func.count()).select_from(AITask).where(
+            AITask.id.in_([uuid.UUID(t) for t in task_ids]), AITask.status == "PROCESSING")).scalar_one()
+    assert stuck == 0
+
+
+def test_a_killed_replica_is_retried_and_the_task_completes(http, slow_png):
+    task_id = _create(http, slow_png)
+    _wait_until(lambda: _row(task_id).status == "PROCESSING" and _row(task_id).progress >= 20, 60,
+                "the request to reach the replica")
+    replicas = [process for process in psutil.process_iter(["cmdline"])
+                if "ServeReplica:background_removal:BackgroundRemoval" in " ".join(process.info["cmdline"] or [])]
+    assert replicas, "no background removal replica process found"
+    for replica in replicas:
+        replica.send_signal(signal.SIGKILL)
+    status = wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=180)
+    assert status["status"] == "SUCCESS", status
+    assert status["retry_count"] >= 1  # it went through RETRY after the replica died
+
+
+def test_the_expiry_job_deletes_old_files_and_the_result_answers_410(http, astronaut_png, settings):
+    task_id = _create(http, astronaut_png)
+    assert wait_for(http, task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
+    image_url = http.get(f"/api/v1/tasks/{task_id}/result/").json()["image_url"]
+    row = _row(task_id)
+    with session_scope() as session:  # as if it finished longer ago than the retention period
+        session.exec(sa.update(AITask).where(AITask.id == row.id).values(
+            completed_at=utcnow() - timedelta(seconds=settings.result_ttl_s + 60)))
+        session.commit()
+    assert "expire-old-tasks" in celery_app.conf.beat_schedule  # what beat runs every EXPIRY_INTERVAL_S
+    celery_app.send_task("tasks.expire_old_tasks", queue="cpu", ignore_result=True)
+    _wait_until(lambda: _row(task_id).expired_at is not None, 60, "the expiry job")
+    media = settings.data_dir / "media"
+    assert not (media / row.result_image).exists() and not (media / row.input_image).exists()
+    gone = http.get(f"/api/v1/tasks/{task_id}/result/")
+    assert gone.status_code == 410 and gone.json()["error"].startswith("Result expired")
+    assert http.get(image_url).status_code == 410
+    assert http.get(f"/api/v1/tasks/{task_id}/status/").json()["status"] == "SUCCESS"
