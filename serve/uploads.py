@@ -41,7 +41,10 @@ async def read_image_as_png(upload: UploadFile, settings: Settings) -> UploadedI
             image.load()
     except ApiError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(400, f"Image declares too many pixels (limit {settings.max_image_pixels}); "
+                            "refused as a possible decompression bomb") from None
+    except UnidentifiedImageError:
         raise ApiError(400, "Uploaded file is not a valid image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(400, f"Uploaded image could not be decoded: {exc}") from None
