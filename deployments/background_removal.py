@@ -1,37 +1,79 @@
-"""Background removal with rembg (U^2-Net family) on ONNX Runtime.
+"""Background removal with rembg (U^2-Net family, IS-Net, BiRefNet, … on ONNX Runtime) or, for people only,
+mediapipe's selfie segmentation.
+
+rembg models are used only when their `<name>.onnx` lies in MODELS_DIR/rembg (u2netp comes with
+`backendai models fetch`; others are copied there by hand): nothing is downloaded at run time. The deployment loads
+its configured model at start and any other one on its first request.
 
 `BackgroundRemover` is the plain model (load once, run per image; usable without Ray);
 `BackgroundRemoval` is the thin Serve deployment around it.
 """
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import open_image, progress_event, result_event
+from deployments.events import InvalidInput, open_image, progress_event, result_event
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
+# The person-only segmenter; its model ships inside the mediapipe wheel.
+MEDIAPIPE_SELFIE = "mediapipe-selfie"
+
+
+class SelfieSegmenter:
+    """mediapipe's selfie segmentation, in rembg's session shape (`predict` → masks) so rembg's cut-out, alpha
+    matting and background colour apply to it unchanged."""
+
+    def __init__(self):
+        import mediapipe as mp
+
+        self._model = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._lock = threading.Lock()  # a mediapipe graph serves one image at a time
+
+    def predict(self, image: Image.Image, *args: Any, **kwargs: Any) -> list[Image.Image]:
+        with self._lock:
+            confidence = self._model.process(np.asarray(image.convert("RGB"))).segmentation_mask
+        return [Image.fromarray(np.round(confidence * 255).astype(np.uint8), mode="L")]
 
 
 class BackgroundRemover:
     def __init__(self, models_dir: str | Path, model: str = "u2netp"):
-        model_home = Path(models_dir) / REMBG_SUBDIR
-        weights = model_home / f"{model}.onnx"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} is missing: run `backendai models fetch`")
-        # rembg resolves weights through this variable; pointing it at a folder that holds them means it
-        # never tries to download.
-        os.environ["U2NET_HOME"] = str(model_home)
-        from rembg import new_session
-
+        self.model_home = Path(models_dir) / REMBG_SUBDIR
         self.model = model
-        self.session = new_session(model)
+        self._sessions: dict[str, Any] = {}
+        self._loading = threading.Lock()
+        if not self.installed(model):
+            raise FileNotFoundError(f"{self._weights(model)} is missing: run `backendai models fetch` (u2netp), "
+                                    "or copy the model there")
+        self._session(model)  # loaded now, so the first request does not wait for it
+
+    def _weights(self, model: str) -> Path:
+        return self.model_home / f"{model}.onnx"
+
+    def installed(self, model: str) -> bool:
+        return model == MEDIAPIPE_SELFIE or self._weights(model).is_file()
+
+    def _session(self, model: str) -> Any:
+        with self._loading:
+            if model not in self._sessions:
+                if model == MEDIAPIPE_SELFIE:
+                    self._sessions[model] = SelfieSegmenter()
+                else:
+                    from rembg import new_session
+
+                    # rembg resolves weights through this variable; pointing it at a folder that holds them means
+                    # it never tries to download.
+                    os.environ["U2NET_HOME"] = str(self.model_home)
+                    self._sessions[model] = new_session(model)
+            return self._sessions[model]
 
     def run(self, image_bytes: bytes | None, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from rembg import remove
@@ -39,15 +81,24 @@ class BackgroundRemover:
         started = time.perf_counter()
         yield progress_event(10, "Decoding image")
         image = open_image(image_bytes).convert("RGB")
-        yield progress_event(30, "Removing background")
+        model = parameters.get("model") or self.model
+        if not self.installed(model):
+            raise InvalidInput(f"background model {model!r} is not installed on this server ({model}.onnx is not "
+                               "in its models folder; models are never downloaded)")
+        yield progress_event(30, f"Removing background ({model})")
         return_mask = bool(parameters.get("return_mask", False))
-        output: Image.Image = remove(image, session=self.session, only_mask=return_mask)
+        alpha_matting = bool(parameters.get("alpha_matting", False))
+        bgcolor = parameters.get("bgcolor")
+        output: Image.Image = remove(image, session=self._session(model), only_mask=return_mask,
+                                     alpha_matting=alpha_matting, bgcolor=tuple(bgcolor) if bgcolor else None)
         if return_mask and output.mode != "L":
             output = output.convert("L")
         yield progress_event(90, "Encoding result")
         yield result_event(output, {
-            "model": self.model,
+            "model": model,
             "mode": "mask" if return_mask else "cutout",
+            "alpha_matting": alpha_matting and not return_mask,
+            "bgcolor": None if return_mask else bgcolor,
             "size": list(image.size),
             "inference_time": round(time.perf_counter() - started, 4),
         })

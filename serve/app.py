@@ -1,9 +1,11 @@
 """The FastAPI application: runs as the Ray Serve ingress (serve/ingress.py) and under plain uvicorn."""
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from serve.errors import install_error_handlers
-from serve.routes import health, media, tasks
+from serve.metrics import install_metrics
+from serve.routes import health, media, styles, task_types, tasks, web
 
 
 def create_app() -> FastAPI:
@@ -13,9 +15,14 @@ def create_app() -> FastAPI:
         version="0.1.0",
     )
     install_error_handlers(app)
+    install_metrics(app)
     app.include_router(tasks.router)
     app.include_router(media.router)
     app.include_router(health.router)
+    app.include_router(styles.router)
+    app.include_router(task_types.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
     return app
 
 

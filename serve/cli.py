@@ -2,13 +2,13 @@
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-import httpx
-
+from serve.client import ApiRefused, BackendAIClient
 from tasks.config import get_settings
 
 
@@ -16,7 +16,7 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _up(_: argparse.Namespace) -> int:
+def _up(args: argparse.Namespace) -> int:
     from serve.stack import Stack, StackError
 
     settings = get_settings()
@@ -24,16 +24,20 @@ def _up(_: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()
+        flower_url = stack.start_flower(args.flower) if args.flower else None
     except StackError as exc:
         print(f"backendai up failed: {exc}\nlogs: {stack.log_dir}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    flower_line = f"  Flower     {flower_url} (Celery workers and tasks)\n" if flower_url else ""
     print(
         f"\nbackendai is up\n"
         f"  API        {stack.api_url}/api/v1/tasks/create/\n"
         f"  API docs   {stack.api_url}/docs\n"
         f"  Ray        {settings.ray_dashboard_url} (dashboard)\n"
+        f"  Metrics    {stack.api_url}/metrics (Prometheus)\n"
+        f"{flower_line}"
         f"  logs       {stack.log_dir}\n"
         f"  try        backendai run background_removal --image photo.png -o cutout.png\n"
         f"Ctrl-C stops everything this command started.",
@@ -54,39 +58,72 @@ def _up(_: argparse.Namespace) -> int:
 def _progress_line(status: dict) -> str:
     done = int(status.get("progress") or 0)
     bar = "#" * (done // 5) + "-" * (20 - done // 5)
-    return f"\r[{bar}] {done:3d}% {status['status']:<10} {status.get('message') or ''}"[:100].ljust(100)
+    waiting = f" ({status['queue_position']} ahead)" if status.get("queue_position") is not None else ""
+    return f"\r[{bar}] {done:3d}% {status['status']:<10} {status.get('message') or ''}{waiting}"[:100].ljust(100)
 
 
-def _run(args: argparse.Namespace) -> int:
-    """One job through the API, as a person would: create, watch progress, download the result."""
-    files = {"image": (args.image.name, args.image.read_bytes())} if args.image else None
-    data = {"task_type": args.task_type, "prompt": args.prompt or args.task_type.replace("_", " "),
-            "parameters": args.parameters}
-    with httpx.Client(base_url=args.api, timeout=60) as client:
-        created = client.post("/api/v1/tasks/create/", data=data, files=files)
-        if created.status_code != 201:
-            print(f"refused ({created.status_code}): {created.text}", file=sys.stderr)
+def _client(args: argparse.Namespace) -> BackendAIClient:
+    return BackendAIClient(args.api, api_key=args.api_key)
+
+
+def _parameters(args: argparse.Namespace) -> dict:
+    """--parameters JSON, then each --param key=value on top (values parsed as JSON when they are JSON)."""
+    parameters = json.loads(args.parameters)
+    for pair in args.param:
+        key, _, value = pair.partition("=")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    return parameters
+
+
+def _submit(args: argparse.Namespace) -> int:
+    """Create a task; with --wait follow its progress and save the result image."""
+    with _client(args) as client:
+        try:
+            created = client.create(args.task_type, args.prompt or args.task_type.replace("_", " "), args.image,
+                                    _parameters(args), target_image=args.target_image, style_image=args.style_image,
+                                    webhook_url=args.webhook_url)
+        except ApiRefused as refused:
+            print(f"refused: {refused}", file=sys.stderr)
             return 1
-        task_id = created.json()["task_id"]
+        task_id = created["task_id"]
         print(f"task {task_id} queued")
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            status = client.get(f"/api/v1/tasks/{task_id}/status/").json()
-            print(_progress_line(status), end="", flush=True)
-            if status["status"] == "FAILURE":
-                print(f"\nfailed: {status['error_message']}", file=sys.stderr)
-                return 1
-            if status["status"] == "SUCCESS":
-                result = client.get(f"/api/v1/tasks/{task_id}/result/").json()
-                image = client.get(result["result"]["image_url"])
-                image.raise_for_status()
-                args.output.write_bytes(image.content)
-                print(f"\nsaved {args.output} ({len(image.content)} bytes) in "
-                      f"{result['processing_time']:.2f} s; metadata {json.dumps(result['result']['metadata'])}")
-                return 0
-            time.sleep(0.3)
-    print(f"\ngave up after {args.timeout} s; the task goes on: {task_id}", file=sys.stderr)
-    return 1
+        if not args.wait:
+            return 0
+        final = client.wait(task_id, on_status=lambda s: print(_progress_line(s), end="", flush=True),
+                            timeout_s=args.timeout)
+        print()
+        if final["status"] != "SUCCESS":
+            print(f"failed: {final.get('error_message') or final['status']}", file=sys.stderr)
+            return 1
+        result = client.result(task_id)
+        image = client.download(result["result"]["image_url"])
+        args.output.write_bytes(image)
+        print(f"saved {args.output} ({len(image)} bytes) in {result['processing_time']:.2f} s; "
+              f"metadata {json.dumps(result['result']['metadata'])}")
+        return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            print(json.dumps(client.status(args.task_id), indent=2))
+        except ApiRefused as refused:
+            print(f"refused: {refused}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            print(client.cancel(args.task_id)["message"])
+        except ApiRefused as refused:
+            print(f"refused: {refused}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _models_fetch(_: argparse.Namespace) -> int:
@@ -154,18 +191,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backendai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("up", help="start everything locally (no env needed) and serve the API").set_defaults(
-        handler=_up)
+    up = commands.add_parser("up", help="start everything locally (no env needed) and serve the API")
+    up.add_argument("--flower", nargs="?", type=int, const=5555, metavar="PORT",
+                    help="also start Flower, Celery's monitoring UI, on PORT (default 5555)")
+    up.set_defaults(handler=_up)
 
-    run = commands.add_parser("run", help="run one job through the API and save its result")
-    run.add_argument("task_type")
-    run.add_argument("--image", type=Path, help="input image")
-    run.add_argument("--prompt", help="prompt (defaults to the task type)")
-    run.add_argument("--parameters", default="{}", help="JSON object of parameters")
-    run.add_argument("-o", "--output", type=Path, default=Path("result.png"))
-    run.add_argument("--api", default=f"http://{get_settings().api_host}:{get_settings().api_port}")
-    run.add_argument("--timeout", type=float, default=600)
-    run.set_defaults(handler=_run)
+    api_url = f"http://{get_settings().api_host}:{get_settings().api_port}"
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--api", default=api_url, help=f"API base URL (default {api_url})")
+    connection.add_argument("--api-key", default=os.environ.get("BACKENDAI_API_KEY"),
+                            help="API key (default $BACKENDAI_API_KEY)")
+
+    for name, waits in (("submit", False), ("run", True)):
+        submit = commands.add_parser(name, parents=[connection], help="create a task" + (
+            "" if not waits else ", follow it and save the result (submit --wait)"))
+        submit.add_argument("task_type")
+        submit.add_argument("--image", type=Path, help="input image (face_swap: the source face)")
+        submit.add_argument("--target-image", type=Path, help="face_swap: the image that receives the face")
+        submit.add_argument("--style-image", type=Path, help="style_transfer: an image whose style to apply")
+        submit.add_argument("--prompt", help="prompt (defaults to the task type)")
+        submit.add_argument("--parameters", default="{}", help="JSON object of parameters")
+        submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="one parameter")
+        submit.add_argument("--webhook-url", help="POSTed the outcome when the task finishes")
+        submit.add_argument("--wait", action="store_true", default=waits, help="follow progress, save the result")
+        submit.add_argument("-o", "--output", type=Path, default=Path("result.png"))
+        submit.add_argument("--timeout", type=float, default=600)
+        submit.set_defaults(handler=_submit)
+
+    status = commands.add_parser("status", parents=[connection], help="show a task's status JSON")
+    status.add_argument("task_id")
+    status.set_defaults(handler=_status)
+    cancel = commands.add_parser("cancel", parents=[connection], help="cancel a pending or running task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(handler=_cancel)
 
     models = commands.add_parser("models", help="model weights").add_subparsers(dest="action", required=True)
     models.add_parser("fetch", help="fetch missing offline weights into MODELS_DIR").set_defaults(

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.models import TaskStatus, TaskType
 
@@ -33,6 +33,9 @@ class TaskStatusOut(BaseModel):
     error: str | None
     failed_at: datetime | None
     result_url: str | None
+    queue_position: int | None = Field(default=None, description="While waiting: tasks ahead on its queue.")
+    eta_seconds: float | None = Field(default=None, description="While waiting: estimated seconds until done.")
+    expired_at: datetime | None = None
 
 
 class TaskResultData(BaseModel):
@@ -59,6 +62,15 @@ class TaskCancelled(BaseModel):
     task_id: uuid.UUID
     status: TaskStatus
     message: str
+
+
+class TaskTypeOut(BaseModel):
+    task_type: TaskType
+    queue: str
+    requires_image: bool
+    extra_images: list[str]
+    required_extra_images: list[str]
+    parameters_schema: dict[str, Any]
 
 
 class ErrorOut(BaseModel):

@@ -187,6 +187,14 @@ class Stack:
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
         ])
 
+    def start_flower(self, port: int) -> str:
+        """Flower, Celery's monitoring UI and Prometheus exporter, on this stack's broker; returns its URL."""
+        url = f"http://{self.settings.api_host}:{port}"
+        self.echo(f"[celery] starting flower on {url}")
+        self._spawn("flower", [_bin("celery"), "-A", "tasks.celery_app", "flower",
+                               f"--address={self.settings.api_host}", f"--port={port}"])
+        return url
+
     def _wait_for_api(self) -> None:
         _wait(lambda: httpx.get(f"{self.api_url}/api/v1/health/", timeout=5).status_code == 200, 120,
               f"API at {self.api_url} did not become healthy")

@@ -9,7 +9,7 @@ from tasks.config import get_settings
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("backendai", broker=settings.effective_redis_url, backend=settings.effective_redis_url,
-                 include=["tasks.processing", "tasks.expiry"])
+                 include=["tasks.processing", "tasks.expiry", "tasks.webhooks"])
     longest_retry_countdown = settings.retry_backoff_base_s * 2**settings.max_retries
     app.conf.update(
         task_serializer="json",

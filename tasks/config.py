@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ray_auth_mode: str = Field(default="disabled", description="Set identically for every Ray process.")
     cpu_worker_concurrency: int = 2
-    gpu_worker_concurrency: int = 1
+    gpu_worker_concurrency: int = Field(default=4, description="Concurrent gpu tasks: lets generation batch.")
     serve_config: Path = Field(default=PROJECT_ROOT / "config" / "serve.local.yaml", description="Used by `up`.")
 
     # Input limits (the seed's serializer plus upload hygiene).
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")
     rate_limit_per_minute: int = Field(default=600, description="Requests per minute per key (or per client "
                                        "address without a key); 0 turns the limit off.")
+
+    # Webhooks.
+    webhook_secret: str | None = Field(default=None, description="HMAC key; generated into DATA_DIR if unset.")
+    webhook_allow_private: bool = Field(default=False, description="Allow webhooks to private/loopback hosts.")
+    public_api_url: str | None = Field(default=None, description="How clients reach the API (for URLs in webhooks).")
 
     # Retention: inputs and results of finished tasks are deleted after this long (celery beat runs the job).
     result_ttl_s: int = 7 * 24 * 3600
@@ -85,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def effective_ray_address(self) -> str:
         return self.ray_address or f"127.0.0.1:{self.ray_head_port}"
+
+    @property
+    def effective_public_api_url(self) -> str:
+        return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
     def ray_dashboard_url(self) -> str:

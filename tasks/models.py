@@ -108,6 +108,7 @@ class AITask(SQLModel, table=True):
     retry_count: int = 0
     max_retries: int = 3
     worker_losses: int = Field(default=0, description="Deliveries whose worker died mid-task.")
+    worker: str | None = Field(default=None, max_length=255, description="hostname:pid of the process running it.")
 
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
@@ -115,6 +116,11 @@ class AITask(SQLModel, table=True):
     completed_at: datetime | None = _timestamp()
     processing_time: float | None = Field(default=None, description="Seconds from start to completion.")
     expired_at: datetime | None = _timestamp()  # inputs and result deleted by the expiry job
+
+    webhook_url: str | None = Field(default=None, max_length=2000, description="POSTed the result when finished.")
+    webhook_deliveries: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True), description="One entry per delivery attempt."
+    )
 
     def __str__(self) -> str:
         return f"{self.task_type} - {self.status} ({self.id})"

@@ -1,6 +1,7 @@
 """`process_ai_task`: drive one job through its model deployment, by name, through a Ray Serve handle."""
 
 import logging
+import os
 import random
 import threading
 import time
@@ -133,7 +134,7 @@ def _retry_countdown(retry_count: int) -> float:
 def process_ai_task(self, task_id: str) -> dict[str, str]:
     """Run one AITask: PROCESSING → (progress…) → SUCCESS with result_data, or RETRY/FAILURE."""
     task_uuid = uuid.UUID(task_id)
-    task = progress.claim(task_uuid, self.request.id)
+    task = progress.claim(task_uuid, self.request.id, worker=f"{self.request.hostname}:{os.getpid()}")
     if task is None:
         log.info("task %s is finished, cancelled or running elsewhere: skipped", task_id)
         return {"status": "skipped", "task_id": task_id}

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from tasks.config import get_settings
 from tasks.db import session_scope
-from tasks.models import AITask, TaskStatus, utcnow
+from tasks.models import FINISHED_STATUSES, AITask, TaskStatus, utcnow
+from tasks.webhooks import notify_finished
 
 CHANNEL_PREFIX = "backendai:task:"
 
@@ -46,10 +47,12 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
         session.commit()
     if changed:
         publish(task_id, **{k: v for k, v in values.items() if k in ("status", "progress", "message")})
+        if values.get("status") in FINISHED_STATUSES:
+            notify_finished(task_id)
     return changed
 
 
-def claim(task_id: uuid.UUID, celery_task_id: str) -> AITask | None:
+def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) -> AITask | None:
     """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken).
 
     A delivery of the message that is already PROCESSING means its worker died mid-task (acks_late +
@@ -63,6 +66,7 @@ def claim(task_id: uuid.UUID, celery_task_id: str) -> AITask | None:
         sa.update(AITask)
         .where(AITask.id == task_id, sa.or_(runnable, redelivered))
         .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message="Started",
+                worker=worker,
                 worker_losses=AITask.worker_losses + sa.case((redelivered, 1), else_=0),
                 started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now)
     )

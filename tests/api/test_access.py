@@ -105,3 +105,12 @@ def test_parameters_are_part_of_the_idempotent_request(api_client, database):
                                    "parameters": json.dumps({"return_mask": True})})
     assert first.status_code == 201 and masked.status_code == 409
     api_client.post(f"/api/v1/tasks/{first.json()['task_id']}/cancel/")
+
+
+def test_webhooks_to_private_addresses_are_refused_by_default(uvicorn_api):
+    url = uvicorn_api(WEBHOOK_ALLOW_PRIVATE="false")
+    for target in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://[::1]/hook", "ftp://example.com/x"):
+        response = httpx.post(f"{url}{CREATE}", data={"task_type": "background_removal", "prompt": "p",
+                                                     "webhook_url": target}, files={"image": ("a.png", _png())})
+        assert response.status_code == 400, (target, response.text)
+        assert response.json()["details"] == {"webhook_url": target}

@@ -4,7 +4,6 @@ The app runs in-process on the real Postgres and Redis; no worker is needed for 
 """
 
 import io
-import json
 import uuid
 
 import pytest
@@ -90,13 +89,6 @@ def test_an_upload_over_the_size_limit_is_413(api_client, nothing_written, setti
     assert "larger than" in response.json()["error"]
 
 
-def test_a_task_type_without_a_deployment_is_refused(api_client, nothing_written):
-    response = _create(api_client, task_type="image_generation", prompt="beautiful sunset",
-                       parameters=json.dumps({"width": 512, "height": 512}))
-    assert response.status_code == 400
-    assert "not served by this deployment" in response.json()["error"]
-
-
 @pytest.mark.parametrize("path", ["status", "result"])
 def test_unknown_and_malformed_ids_are_404(api_client, path):
     unknown = api_client.get(f"/api/v1/tasks/{uuid.uuid4()}/{path}/")
@@ -136,3 +128,60 @@ def test_an_extra_image_the_type_does_not_take_is_refused(api_client, nothing_wr
                        task_type="background_removal", prompt="x")
     assert response.status_code == 400
     assert response.json()["error"] == "background_removal does not take style_image"
+
+
+def _bomb_png() -> bytes:
+    """A 1-bit PNG that declares 30000x30000 pixels in a few kilobytes (a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+BR = {"task_type": "background_removal", "prompt": "x"}
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "headers", "status", "error"),
+    [
+        (BR, {"image": ("bomb.png", _bomb_png())}, {}, 400, "Image declares too many pixels"),
+        (BR, {"image": ("huge.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (50 * 1024 * 1024))}, {}, 413, "Image is larger"),
+        (BR, {"image": ("empty.png", b"")}, {}, 400, "Image file is empty"),
+        (BR, {"image": ("pic.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/png")}, {}, 400,
+         "Uploaded file is not a valid image"),
+        (BR, {"image": ("pic.jpg", b"GIF89a not really")}, {}, 400, "Uploaded file is not a valid image"),
+        (BR, {"image": ("a.ico", _image((16, 16), "ICO"))}, {}, 400, "Unsupported image format ICO"),
+        ({**BR, "image": "not-a-file"}, None, {}, 400, "Invalid input"),
+        ({**BR, "parameters": "null"}, {"image": ("a.png", _image())}, {}, 400, "parameters must be a JSON object"),
+        ({**BR, "parameters": '"return_mask"'}, {"image": ("a.png", _image())}, {}, 400,
+         "parameters must be a JSON object"),
+        ({**BR, "parameters": "42"}, {"image": ("a.png", _image())}, {}, 400, "parameters must be a JSON object"),
+        ({**BR, "parameters": '{"return_mask": {"nested": 1}}'}, {"image": ("a.png", _image())}, {}, 400,
+         "Invalid parameters"),
+        ({**BR, "parameters": "{" * 10000}, {"image": ("a.png", _image())}, {}, 400,
+         "parameters must be a JSON object"),
+        ({**BR, "task_type": ""}, {"image": ("a.png", _image())}, {}, 400, "Invalid input"),
+        ({**BR, "task_type": "BACKGROUND_REMOVAL"}, {"image": ("a.png", _image())}, {}, 400, "Unknown task_type"),
+        ({**BR, "task_type": "background_removal "}, {"image": ("a.png", _image())}, {}, 400, "Unknown task_type"),
+        ({**BR, "task_type": "../../etc/passwd"}, {"image": ("a.png", _image())}, {}, 400, "Unknown task_type"),
+        ({**BR, "prompt": "\n\t "}, {"image": ("a.png", _image())}, {}, 400, "prompt is required"),
+        (BR, {"image": ("a.png", _image())}, {"Idempotency-Key": "k" * 201}, 400, "Invalid input"),
+        (BR, {"image": ("a.png", _image()), "target_image": ("t.png", _image())}, {}, 400,
+         "background_removal does not take target_image"),
+    ],
+    ids=["decompression-bomb", "50MB-upload", "zero-byte-file", "svg-named-png", "fake-gif", "ico-format",
+         "image-as-text-field", "params-null", "params-string", "params-number", "params-nested-wrong-type",
+         "params-deep-garbage", "empty-type", "type-wrong-case", "type-trailing-space", "type-path-traversal",
+         "whitespace-prompt", "idempotency-key-too-long", "unexpected-target-image"],
+)
+def test_corpus_of_bad_requests(api_client, nothing_written, form, files, headers, status, error):
+    response = api_client.post(CREATE, data=form, files=files, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"].startswith(error), response.json()
+
+
+@pytest.mark.parametrize("task_id", ["1", "00000000-0000-0000-0000", "../../etc/passwd", "%00", "x" * 500,
+                                     "550e8400-e29b-41d4-a716-44665544000g"])
+def test_bad_task_ids_are_404_everywhere(api_client, task_id):
+    for method, path in (("GET", "status"), ("GET", "result"), ("POST", "cancel")):
+        response = api_client.request(method, f"/api/v1/tasks/{task_id}/{path}/")
+        assert response.status_code == 404, (method, path, response.text)

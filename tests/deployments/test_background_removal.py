@@ -1,13 +1,15 @@
 """The plain background-removal model, called directly (no Ray): judged on where the alpha lands."""
 
 import io
+from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.background_removal import BackgroundRemover
+from deployments.background_removal import MEDIAPIPE_SELFIE, BackgroundRemover
 from deployments.events import InvalidInput
+from tasks.registry import BackgroundModel
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
 
 
@@ -51,3 +53,61 @@ def test_bytes_that_are_not_an_image_are_invalid_input(remover):
 def test_missing_weights_name_the_fetch_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="backendai models fetch"):
         BackgroundRemover(tmp_path, "u2netp")
+
+
+# -- model choice, person-only segmentation, alpha matting, background colour -----------------------------------
+
+
+def _mask(remover: BackgroundRemover, image_bytes: bytes, model: str) -> np.ndarray:
+    _, result = _run(remover, image_bytes, return_mask=True, model=model)
+    mask = Image.open(io.BytesIO(result["image"]))
+    assert mask.mode == "L" and result["metadata"]["model"] == model
+    return np.asarray(mask) > 127
+
+
+def test_rembg_and_mediapipe_person_masks_agree_on_the_astronaut(remover, astronaut_png):
+    rembg_mask = _mask(remover, astronaut_png, "u2netp")
+    person_mask = _mask(remover, astronaut_png, MEDIAPIPE_SELFIE)
+    iou = (rembg_mask & person_mask).sum() / (rembg_mask | person_mask).sum()
+    assert iou >= 0.8, iou
+    for box in PERSON_BOXES:
+        assert person_mask[box].mean() > 0.9, box
+    for box in BACKGROUND_BOXES:
+        assert person_mask[box].mean() < 0.05, box
+
+
+def test_bgcolor_fills_the_background_and_keeps_the_person(remover, astronaut, astronaut_png):
+    _, result = _run(remover, astronaut_png, bgcolor=[0, 255, 0, 255])
+    output = np.asarray(Image.open(io.BytesIO(result["image"])))
+    assert output.shape == (512, 512, 4) and (output[..., 3] == 255).all()
+    for box in BACKGROUND_BOXES:
+        assert np.abs(output[box][..., :3].astype(int) - (0, 255, 0)).mean() < 15, box
+    face = PERSON_BOXES[0]
+    assert np.abs(output[face][..., :3].astype(int) - np.asarray(astronaut)[face]).mean() < 5
+
+
+def test_alpha_matting_softens_the_edge_of_the_same_cutout(remover, astronaut_png):
+    _, plain = _run(remover, astronaut_png)
+    _, matted = _run(remover, astronaut_png, alpha_matting=True)
+    plain_alpha, matted_alpha = alpha_of(plain["image"]), alpha_of(matted["image"])
+    assert np.mean((plain_alpha > 127) == (matted_alpha > 127)) > 0.95
+    for box in PERSON_BOXES:
+        assert matted_alpha[box].mean() > 200, box
+    for box in BACKGROUND_BOXES:
+        assert matted_alpha[box].mean() < 20, box
+    assert not np.array_equal(plain_alpha, matted_alpha) and matted["metadata"]["alpha_matting"] is True
+
+
+def test_a_model_that_is_not_installed_is_invalid_input_naming_its_file(settings, tmp_path, astronaut_png):
+    (tmp_path / "rembg").mkdir()
+    (tmp_path / "rembg" / "u2netp.onnx").symlink_to(settings.models_dir / "rembg" / "u2netp.onnx")
+    with pytest.raises(InvalidInput, match="'isnet-general-use' is not installed .*isnet-general-use.onnx"):
+        list(BackgroundRemover(tmp_path, "u2netp").run(astronaut_png, {"model": "isnet-general-use"}))
+
+
+def test_every_model_the_api_accepts_is_a_rembg_model_or_the_person_segmenter():
+    from rembg.sessions import sessions_class
+
+    rembg_models = {session.name() for session in sessions_class}
+    accepted = set(get_args(BackgroundModel))
+    assert accepted - rembg_models == {MEDIAPIPE_SELFIE}

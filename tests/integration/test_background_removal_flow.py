@@ -4,29 +4,19 @@ handle → rembg → stored result → status/result endpoints → media URL."""
 import io
 import json
 import time
+from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of, wait_for
+from deployments.background_removal import MEDIAPIPE_SELFIE
+from tasks.registry import BackgroundModel
+from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of, published_events, wait_for
 
 pytestmark = pytest.mark.integration
 
 CREATE = "/api/v1/tasks/create/"
-
-
-def _events(pubsub, task_id: str, timeout_s: float = 5) -> list[dict]:
-    events, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.2)
-        if message and message["type"] == "pmessage":
-            event = json.loads(message["data"])
-            if event["task_id"] == task_id:
-                events.append(event)
-                if event.get("status") in ("SUCCESS", "FAILURE"):
-                    break
-    return events
 
 
 def test_seed_frontend_flow_removes_the_background(http, redis_client, astronaut_png):
@@ -46,7 +36,7 @@ def test_seed_frontend_flow_removes_the_background(http, redis_client, astronaut
     assert status["result_url"].endswith(f"/api/v1/tasks/{task_id}/result/")
     assert status["started_at"] <= status["completed_at"] and status["processing_time"] > 0
 
-    progress = [event["progress"] for event in _events(pubsub, task_id) if "progress" in event]
+    progress = [event["progress"] for event in published_events(pubsub, task_id) if "progress" in event]
     assert progress == sorted(progress) and progress[-1] == 100
     assert any(0 < value < 100 for value in progress), progress
 
@@ -116,3 +106,56 @@ def test_openapi_docs_are_served(http):
     for path in ("/api/v1/tasks/create/", "/api/v1/tasks/{task_id}/status/", "/api/v1/tasks/{task_id}/result/",
                  "/api/v1/tasks/{task_id}/cancel/"):
         assert path in paths
+
+
+def _removal(http, astronaut_png: bytes, **parameters) -> str:
+    created = http.post(CREATE, data={"prompt": "cut out", "task_type": "background_removal",
+                                      "parameters": json.dumps(parameters)},
+                        files={"image": ("astronaut.png", astronaut_png)})
+    assert created.status_code == 201, created.text
+    return created.json()["task_id"]
+
+
+def _installed_models(settings) -> list[str]:
+    return [model for model in get_args(BackgroundModel)
+            if model == MEDIAPIPE_SELFIE or (settings.models_dir / "rembg" / f"{model}.onnx").is_file()]
+
+
+def test_each_installed_model_removes_the_background(http, settings, astronaut_png):
+    models = _installed_models(settings)
+    assert {"u2netp", MEDIAPIPE_SELFIE} <= set(models)
+    task_ids = {model: _removal(http, astronaut_png, model=model) for model in models}
+    for model, task_id in task_ids.items():
+        assert wait_for(http, task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS", model
+        result = http.get(f"/api/v1/tasks/{task_id}/result/").json()
+        assert result["result"]["metadata"]["model"] == model
+        alpha = alpha_of(http.get(result["image_url"]).content)
+        for box in PERSON_BOXES:
+            assert alpha[box].mean() > 200, (model, box)
+        for box in BACKGROUND_BOXES:
+            assert alpha[box].mean() < 20, (model, box)
+
+
+def test_a_model_that_is_not_installed_fails_at_once_naming_its_file(http, settings, astronaut_png):
+    absent = next(model for model in get_args(BackgroundModel) if model not in _installed_models(settings))
+    status = wait_for(http, _removal(http, astronaut_png, model=absent), {"SUCCESS", "FAILURE"})
+    assert status["status"] == "FAILURE" and f"{absent}.onnx" in status["error"]
+    assert status["retry_count"] == 0
+
+
+def test_background_colour_replaces_the_transparency(http, astronaut_png):
+    task_id = _removal(http, astronaut_png, bgcolor="#00ff00")
+    assert wait_for(http, task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
+    output = np.asarray(Image.open(io.BytesIO(
+        http.get(http.get(f"/api/v1/tasks/{task_id}/result/").json()["image_url"]).content)))
+    assert (output[..., 3] == 255).all()
+    for box in BACKGROUND_BOXES:
+        assert np.abs(output[box][..., :3].astype(int) - (0, 255, 0)).mean() < 15, box
+
+
+def test_unknown_model_or_colour_is_refused_before_queueing(http, astronaut_png):
+    for parameters in ({"model": "u2net_x"}, {"bgcolor": "green"}):
+        refused = http.post(CREATE, data={"prompt": "cut out", "task_type": "background_removal",
+                                          "parameters": json.dumps(parameters)},
+                            files={"image": ("astronaut.png", astronaut_png)})
+        assert refused.status_code == 400 and refused.json()["error"] == "Invalid parameters for background_removal"

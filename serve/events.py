@@ -1,0 +1,54 @@
+"""Live task status as Server-Sent Events: Redis pub/sub from the worker, checked against the row."""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+
+from tasks.config import get_settings
+from tasks.models import FINISHED_STATUSES, AITask
+from tasks.progress import CHANNEL_PREFIX
+from tasks.service import get_task
+
+RECHECK_S = 5.0  # re-read the row this often: a pub/sub message lost (Redis restart) never stalls a stream
+KEEPALIVE_S = 15.0
+
+
+def sse(event_id: int, data: dict[str, Any], event: str = "status") -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+async def live_status(task_id: uuid.UUID, request: Request,
+                      render: Callable[[AITask], dict[str, Any]]) -> AsyncIterator[str]:
+    """A snapshot first, then one event per change, ending with the finished state."""
+    client = aioredis.Redis.from_url(get_settings().effective_redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"{CHANNEL_PREFIX}{task_id}")  # before the snapshot, so no change falls between
+    event_id = 0
+    try:
+        task = await run_in_threadpool(get_task, task_id)
+        last = render(task)
+        yield sse(event_id, last)
+        last_read = last_sent = time.monotonic()
+        while task.status not in FINISHED_STATUSES and not await request.is_disconnected():
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            now = time.monotonic()
+            if message is None and now - last_read < RECHECK_S:
+                if now - last_sent > KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    last_sent = now
+                continue
+            task, last_read = await run_in_threadpool(get_task, task_id), now
+            current = render(task)
+            if current != last:
+                event_id += 1
+                yield sse(event_id, current)
+                last, last_sent = current, now
+    finally:
+        await pubsub.aclose()
+        await client.aclose()

@@ -1,0 +1,19 @@
+"""What this deployment serves: task types with their uploads and parameter schemas (drives the web page)."""
+
+from fastapi import APIRouter
+
+from serve.schemas import TaskTypeOut
+from tasks.registry import TASK_SPECS
+
+router = APIRouter(prefix="/api/v1/task-types", tags=["tasks"])
+
+
+@router.get("/", response_model=list[TaskTypeOut])
+def list_task_types() -> list[TaskTypeOut]:
+    """Each served task type: its queue, the uploads it takes and the JSON schema of its parameters."""
+    return [
+        TaskTypeOut(task_type=spec.task_type, queue=spec.queue, requires_image=spec.requires_image,
+                    extra_images=list(spec.extra_images), required_extra_images=list(spec.required_extra_images),
+                    parameters_schema=spec.parameters.model_json_schema())
+        for spec in TASK_SPECS.values()
+    ]
