@@ -5,6 +5,7 @@ import warnings
 from dataclasses import dataclass
 
 from fastapi import UploadFile
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serve.errors import ApiError
@@ -23,6 +24,10 @@ class UploadedImage:
 async def read_image_as_png(upload: UploadFile, settings: Settings) -> UploadedImage:
     """Return the upload re-encoded as PNG (upright, first frame), or raise a 4xx ApiError."""
     data = await upload.read(settings.max_upload_bytes + 1)
+    return await run_in_threadpool(_decode_as_png, data, settings)  # decoding is CPU work: off the event loop
+
+
+def _decode_as_png(data: bytes, settings: Settings) -> UploadedImage:
     if len(data) > settings.max_upload_bytes:
         raise ApiError(413, f"Image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB")
     if not data:
@@ -52,5 +57,5 @@ async def read_image_as_png(upload: UploadFile, settings: Settings) -> UploadedI
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
         image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # internal copy: speed over a few percent of size
     return UploadedImage(buffer.getvalue(), *image.size)

@@ -142,7 +142,7 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
     storage = get_storage()
     try:
         result, prompt_used = _run_stages(task, storage)
-        progress.ProgressWriter(task_uuid, 0).update(95, "Saving result")
+        progress.publish(task_uuid, progress=95, message="Saving result")  # the SUCCESS write follows at once
         result_key = storage.put("output", result["image"])
         metadata = result.get("metadata", {})
         done = progress.succeed(task_uuid, result_key, {
