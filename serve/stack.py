@@ -179,13 +179,14 @@ class Stack:
         self._spawn("beat", [_bin("celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO",
                              "-s", str(self.settings.data_dir / "celerybeat-schedule")])
 
-    def start_worker(self, queue: str, concurrency: int, name: str | None = None) -> subprocess.Popen:
+    def start_worker(self, queue: str, concurrency: int, name: str | None = None, **env: str) -> subprocess.Popen:
+        """A Celery worker on `queue`; `env` overrides settings for it alone (e.g. another REDIS_URL)."""
         name = name or f"worker-{queue}"
         self.echo(f"[celery] starting worker {name} on queue {queue!r} (concurrency {concurrency})")
         return self._spawn(name, [
             _bin("celery"), "-A", "tasks.celery_app", "worker", "-Q", queue, "-c", str(concurrency),
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
-        ])
+        ], **env)
 
     def start_flower(self, port: int) -> str:
         """Flower, Celery's monitoring UI and Prometheus exporter, on this stack's broker; returns its URL."""

