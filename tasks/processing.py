@@ -88,11 +88,18 @@ def _stream_stage(task_id: uuid.UUID, stage: Stage, span: tuple[int, int], write
     raise RuntimeError(f"{stage.deployment_name} finished without a result")
 
 
+def _read_input(storage: Storage, key: str) -> bytes:
+    try:
+        return storage.get(key)
+    except FileNotFoundError:  # deleted (expiry, an operator): no retry can bring it back
+        raise ValueError("the input image is no longer in storage") from None
+
+
 def _run_stages(task: AITask, storage: Storage) -> tuple[dict[str, Any], str]:
     """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
     spec = TASK_SPECS[task.task_type]
-    image = storage.get(task.input_image) if task.input_image else None
-    extra_images = {name: storage.get(key) for name, key in (task.extra_inputs or {}).items()}
+    image = _read_input(storage, task.input_image) if task.input_image else None
+    extra_images = {name: _read_input(storage, key) for name, key in (task.extra_inputs or {}).items()}
     prompt, parameters, metadata = task.prompt, dict(task.parameters), {}
     writer = progress.ProgressWriter(task.id)
     total = sum(stage.weight for stage in spec.stages)
