@@ -208,3 +208,27 @@ def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(sta
         stack.processes.pop("worker-own-redis", None)
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
+
+
+def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_redis, tmp_path, slow_png):
+    """A worker whose soft limit (1 s) is shorter than the job (seconds): FAILURE "timed out", no retry."""
+    import httpx
+
+    url, start_redis, _ = own_redis
+    start_redis()
+    api = uvicorn_api(REDIS_URL=url)  # its own Redis: only the worker below sees this task
+    worker = stack.start_worker("cpu", 1, name="worker-soft-limit", REDIS_URL=url,
+                                STORAGE_URL=f"file://{tmp_path / 'media'}", TASK_SOFT_TIME_LIMIT_S="1",
+                                TASK_TIME_LIMIT_S="60")
+    try:
+        task_id = httpx.post(f"{api}{CREATE}", data={"prompt": "slow", "task_type": "background_removal"},
+                             files={"image": ("in.png", slow_png)}, timeout=30).json()["task_id"]
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
+                "SUCCESS", "FAILURE") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stack.processes.pop("worker-soft-limit", None)
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert (status["status"], status["error_message"], status["retry_count"]) == ("FAILURE", "timed out", 0)
