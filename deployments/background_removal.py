@@ -3,7 +3,7 @@ mediapipe's selfie segmentation.
 
 rembg models are used only when their `<name>.onnx` lies in MODELS_DIR/rembg (u2netp comes with
 `backendai models fetch`; others are copied there by hand): nothing is downloaded at run time. The deployment loads
-its configured model at start and any other one on its first request.
+its default model at start (or when its `user_config` changes it) and any other one on its first request.
 
 `BackgroundRemover` is the plain model (load once, run per image; usable without Ray);
 `BackgroundRemoval` is the thin Serve deployment around it.
@@ -47,13 +47,18 @@ class SelfieSegmenter:
 class BackgroundRemover:
     def __init__(self, models_dir: str | Path, model: str = "u2netp"):
         self.model_home = Path(models_dir) / REMBG_SUBDIR
-        self.model = model
         self._sessions: dict[str, Any] = {}
         self._loading = threading.Lock()
+        self.use(model)
+
+    def use(self, model: str) -> None:
+        """Make `model` the default for requests that name none. It is loaded first, so missing weights fail here
+        and the first request does not wait; requests already running keep the model they started with."""
         if not self.installed(model):
             raise FileNotFoundError(f"{self._weights(model)} is missing: run `backendai models fetch` (u2netp), "
                                     "or copy the model there")
-        self._session(model)  # loaded now, so the first request does not wait for it
+        self._session(model)
+        self.model = model
 
     def _weights(self, model: str) -> Path:
         return self.model_home / f"{model}.onnx"
@@ -79,9 +84,9 @@ class BackgroundRemover:
         from rembg import remove
 
         started = time.perf_counter()
+        model = parameters.get("model") or self.model  # fixed now: a reconfigure leaves running requests be
         yield progress_event(10, "Decoding image")
         image = open_image(image_bytes).convert("RGB")
-        model = parameters.get("model") or self.model
         if not self.installed(model):
             raise InvalidInput(f"background model {model!r} is not installed on this server ({model}.onnx is not "
                                "in its models folder; models are never downloaded)")
@@ -107,7 +112,19 @@ class BackgroundRemover:
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class BackgroundRemoval:
     def __init__(self, model: str = "u2netp"):
+        self.initial_model = model
         self.remover = BackgroundRemover(os.environ["MODELS_DIR"], model)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config: {model: <name>}`: Serve calls this after __init__ and again, on the same replica, when a
+        redeploy changes only the user_config, so an operator switches the default model without new replicas.
+        Without `model` the default goes back to the one the replica started with."""
+        unknown = set(config) - {"model"}
+        if unknown:
+            raise ValueError(f"BackgroundRemoval's user_config takes only `model`, not {', '.join(sorted(unknown))}")
+        model = config.get("model", self.initial_model)
+        if model != self.remover.model:
+            self.remover.use(model)
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:

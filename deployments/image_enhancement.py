@@ -78,20 +78,26 @@ class Enhancer:
     def __init__(self, models_dir: str | Path, default_model: str = "realesr-animevideov3", tile_size: int = 256,
                  max_output_pixels: int = 4096 * 4096, device: str = "auto", threads: int | None = None,
                  vulkan_device: int | None = None):
-        if default_model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {default_model!r}")
         if device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"device must be auto, gpu or cpu, not {device!r}")
         self.folder = Path(models_dir) / REALESRGAN_SUBDIR
-        self.default_model, self.tile_size, self.max_output_pixels = default_model, tile_size, max_output_pixels
+        self.tile_size, self.max_output_pixels = tile_size, max_output_pixels
         self.threads, self.vulkan_device = threads, vulkan_device
         self.use_gpu = device != "cpu" and ncnn.get_gpu_count() > 0
         if device == "gpu" and not self.use_gpu:
             raise RuntimeError("device gpu: ncnn finds no Vulkan GPU")
         self._nets: dict[str, ncnn.Net] = {}
-        if default_model != CLASSIC:  # load it now: missing weights fail the replica at start, not a job
+        self.use(default_model)
+
+    def use(self, model: str) -> None:
+        """Make `model` the default for requests that name none. Its networks are loaded first (on the device
+        chosen above), so missing weights fail here, not a job; requests already running keep their model."""
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
+        if model != CLASSIC:
             for scale in SCALES:
-                self._net(REALESRGAN_NETWORKS[default_model, scale])
+                self._net(REALESRGAN_NETWORKS[model, scale])
+        self.default_model = model
 
     def _net(self, network: Network) -> ncnn.Net:
         if network.stem not in self._nets:
@@ -150,10 +156,10 @@ class Enhancer:
 
     def run(self, image_bytes: bytes | None, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
+        model = parameters.get("model") or self.default_model  # fixed now: a reconfigure leaves running requests be
         yield progress_event(5, "Decoding image")
         image = open_image(image_bytes)
         scale = int(parameters.get("scale", 2))
-        model = parameters.get("model") or self.default_model
         tile_size = int(parameters.get("tile_size") or self.tile_size)
         if scale not in SCALES:
             raise InvalidInput(f"scale must be 2 or 4, got {scale}")
@@ -191,8 +197,21 @@ class ImageEnhancement:
                  max_output_pixels: int = 4096 * 4096, device: str = "auto", threads: int | None = None):
         # Vulkan does not read CUDA_VISIBLE_DEVICES: pick the GPU that Ray assigned to this replica by its index.
         assigned = ray.get_gpu_ids()
+        self.initial_model = default_model
         self.enhancer = Enhancer(os.environ["MODELS_DIR"], default_model, tile_size, max_output_pixels, device,
                                  threads, vulkan_device=int(assigned[0]) if assigned else None)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config: {default_model: <name>}`: Serve calls this after __init__ and again, on the same replica,
+        when a redeploy changes only the user_config, so an operator switches the model without new replicas.
+        Without `default_model` the default goes back to the one the replica started with."""
+        unknown = set(config) - {"default_model"}
+        if unknown:
+            raise ValueError(f"ImageEnhancement's user_config takes only `default_model`, not "
+                             f"{', '.join(sorted(unknown))}")
+        model = config.get("default_model", self.initial_model)
+        if model != self.enhancer.default_model:
+            self.enhancer.use(model)
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:

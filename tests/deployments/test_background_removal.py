@@ -111,3 +111,49 @@ def test_every_model_the_api_accepts_is_a_rembg_model_or_the_person_segmenter():
     rembg_models = {session.name() for session in sessions_class}
     accepted = set(get_args(BackgroundModel))
     assert accepted - rembg_models == {MEDIAPIPE_SELFIE}
+
+
+# -- the deployment's user_config: switching the default model in place -----------------------------------------
+
+
+@pytest.fixture
+def deployment(settings, tmp_path, monkeypatch):
+    """The Serve deployment's own class (no Ray), on a models folder that holds only u2netp."""
+    from deployments.background_removal import BackgroundRemoval
+
+    (tmp_path / "rembg").mkdir()
+    (tmp_path / "rembg" / "u2netp.onnx").symlink_to(settings.models_dir / "rembg" / "u2netp.onnx")
+    monkeypatch.setenv("MODELS_DIR", str(tmp_path))
+    return BackgroundRemoval.func_or_class(model="u2netp")
+
+
+def test_user_config_switches_the_default_model_and_back(deployment, astronaut_png):
+    deployment.reconfigure({"model": MEDIAPIPE_SELFIE})
+    _, result = _run(deployment.remover, astronaut_png)
+    assert result["metadata"]["model"] == MEDIAPIPE_SELFIE
+    _, named = _run(deployment.remover, astronaut_png, model="u2netp")  # a request's own choice still wins
+    assert named["metadata"]["model"] == "u2netp"
+    deployment.reconfigure({})  # no model: back to the one the replica started with
+    assert deployment.remover.model == "u2netp"
+
+
+def test_a_request_already_running_finishes_on_the_model_it_started_with(deployment, astronaut_png):
+    running = deployment.remover.run(astronaut_png, {})
+    next(running)  # started: decoding
+    deployment.reconfigure({"model": MEDIAPIPE_SELFIE})
+    *_, final = running
+    assert final["result"]["metadata"]["model"] == "u2netp"
+
+
+def test_an_unchanged_user_config_loads_nothing(deployment, tmp_path):
+    (tmp_path / "rembg" / "u2netp.onnx").unlink()  # a reload would now fail
+    deployment.reconfigure({"model": "u2netp"})
+    assert deployment.remover.model == "u2netp"
+
+
+def test_a_user_config_naming_a_missing_model_fails_and_keeps_the_current_one(deployment):
+    with pytest.raises(FileNotFoundError, match=r"isnet-general-use\.onnx is missing"):
+        deployment.reconfigure({"model": "isnet-general-use"})
+    assert deployment.remover.model == "u2netp"
+    with pytest.raises(ValueError, match="takes only `model`, not modle"):
+        deployment.reconfigure({"modle": MEDIAPIPE_SELFIE})

@@ -130,3 +130,53 @@ def test_the_api_checks_size_and_offers_the_models_own_choices():
 def test_missing_weights_name_the_fetch_command(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="backendai models fetch"):
         Enhancer(tmp_path, "realesrgan-x4plus", device="cpu")
+
+
+# -- the deployment's user_config: switching the default model in place -----------------------------------------
+
+
+@pytest.fixture
+def deployment(settings, tmp_path: Path, monkeypatch):
+    """The Serve deployment's own class (no Ray: no GPU assigned), on a models folder holding only animevideov3."""
+    import ray
+
+    from deployments.image_enhancement import REALESRGAN_SUBDIR, ImageEnhancement
+
+    (tmp_path / REALESRGAN_SUBDIR).mkdir()
+    for weights in (settings.models_dir / REALESRGAN_SUBDIR).glob("REALESRGAN_ANIMAVIDEOV3_*"):
+        (tmp_path / REALESRGAN_SUBDIR / weights.name).symlink_to(weights)
+    monkeypatch.setenv("MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(ray, "get_gpu_ids", list)
+    return ImageEnhancement.func_or_class(default_model="realesr-animevideov3", tile_size=64, device="cpu",
+                                           threads=1)
+
+
+def test_user_config_switches_the_default_model_and_back(deployment, original):
+    low = shrunk(original, 2)
+    deployment.reconfigure({"default_model": "classic"})
+    _, metadata, _ = enhance(deployment.enhancer, low)
+    assert metadata["model"] == "classic" and metadata["tile_size"] is None
+    running = deployment.enhancer.run(png_bytes(low), {})
+    next(running)  # started on classic: a reconfigure now does not change it
+    deployment.reconfigure({})  # no default_model: back to the one the replica started with
+    *_, final = running
+    assert final["result"]["metadata"]["model"] == "classic"
+    _, metadata, _ = enhance(deployment.enhancer, low)
+    assert metadata["model"] == "realesr-animevideov3" and metadata["tile_size"] == 64
+
+
+def test_an_unchanged_user_config_loads_nothing(deployment, tmp_path: Path):
+    for weights in (tmp_path / "realesrgan").iterdir():
+        weights.unlink()  # a reload would now fail
+    deployment.reconfigure({"default_model": "realesr-animevideov3"})
+    assert deployment.enhancer.default_model == "realesr-animevideov3"
+
+
+def test_a_user_config_naming_a_missing_or_unknown_model_fails_and_keeps_the_current_one(deployment):
+    with pytest.raises(FileNotFoundError, match="REALESRGAN_X4PLUS_UP4X.param.* missing"):
+        deployment.reconfigure({"default_model": "realesrgan-x4plus"})
+    with pytest.raises(ValueError, match="model must be one of"):
+        deployment.reconfigure({"default_model": "esrgan"})
+    with pytest.raises(ValueError, match="takes only `default_model`, not model"):
+        deployment.reconfigure({"model": "classic"})
+    assert deployment.enhancer.default_model == "realesr-animevideov3"

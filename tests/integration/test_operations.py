@@ -95,3 +95,63 @@ def test_flower_sees_the_workers(stack):
     _eventually(lambda: httpx.get(f"{url}/healthcheck", timeout=5).text == "OK")
     # From the workers' heartbeat events.
     _eventually(lambda: {"worker-cpu", "worker-gpu"} <= online_workers())
+
+
+def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, http, astronaut_png, tmp_path):
+    """`serve deploy` of the running config with only BackgroundRemoval's user_config changed: the same replica
+    process (no restart) serves the next task with the new default model."""
+    import copy
+
+    import psutil
+
+    from serve.stack import render_serve_config
+
+    address = settings.ray_dashboard_url
+    original = render_serve_config(settings, settings.serve_config)
+    switched = copy.deepcopy(original)
+
+    def removal_deployment(config: dict) -> dict:
+        application = next(app for app in config["applications"] if app["name"] == "background_removal")
+        return next(entry for entry in application["deployments"] if entry["name"] == "BackgroundRemoval")
+
+    removal_deployment(switched)["user_config"] = {"model": "mediapipe-selfie"}
+
+    def replica_pids() -> list[int]:
+        """This stack's replica processes (descendants of its Ray head: other local clusters have their own)."""
+        cluster = psutil.Process(stack.processes["ray-head"].pid).children(recursive=True)
+        return [process.pid for process in cluster
+                if "ServeReplica:background_removal:BackgroundRemoval" in " ".join(process.cmdline())]
+
+    def deploy(config: dict) -> None:
+        path = tmp_path / "serve.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        result = subprocess.run([shutil.which("serve"), "deploy", str(path), "--address", address], env=stack.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    def applied(user_config: dict) -> bool:
+        """The deployment's target carries `user_config` and every replica has taken it (HEALTHY again)."""
+        app = httpx.get(f"{address}/api/serve/applications/", timeout=10).json()["applications"]["background_removal"]
+        deployment = app["deployments"]["BackgroundRemoval"]
+        return (deployment["deployment_config"].get("user_config") == user_config
+                and deployment["status"] == "HEALTHY" and app["status"] == "RUNNING")
+
+    def removal_model() -> str:
+        created = http.post(CREATE, data={"prompt": "remove the background", "task_type": "background_removal"},
+                            files={"image": ("astronaut.png", astronaut_png, "image/png")})
+        assert created.status_code == 201, created.text
+        task_id = created.json()["task_id"]
+        assert wait_for(http, task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
+        return http.get(f"/api/v1/tasks/{task_id}/result/").json()["result"]["metadata"]["model"]
+
+    replicas = set(replica_pids())
+    assert replicas
+    deploy(switched)
+    try:
+        _eventually(lambda: applied({"model": "mediapipe-selfie"}))
+        assert removal_model() == "mediapipe-selfie"
+        assert set(replica_pids()) == replicas
+    finally:
+        deploy(original)
+        _eventually(lambda: applied(removal_deployment(original)["user_config"]))
+    assert set(replica_pids()) == replicas
