@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event
+from deployments.events import InvalidInput, open_image, progress_event, result_event, user_config_choice
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
@@ -119,10 +119,7 @@ class BackgroundRemoval:
         """`user_config: {model: <name>}`: Serve calls this after __init__ and again, on the same replica, when a
         redeploy changes only the user_config, so an operator switches the default model without new replicas.
         Without `model` the default goes back to the one the replica started with."""
-        unknown = set(config) - {"model"}
-        if unknown:
-            raise ValueError(f"BackgroundRemoval's user_config takes only `model`, not {', '.join(sorted(unknown))}")
-        model = config.get("model", self.initial_model)
+        model = user_config_choice(config, "model", self.initial_model, "BackgroundRemoval")
         if model != self.remover.model:
             self.remover.use(model)
 

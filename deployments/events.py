@@ -39,3 +39,11 @@ def open_image(data: bytes | None) -> Image.Image:
     except Exception as exc:  # Pillow raises many types for undecodable data
         raise InvalidInput(f"the input is not a readable image: {exc}") from exc
     return image
+
+
+def user_config_choice(config: dict[str, Any], key: str, default: str, deployment: str) -> str:
+    """The one setting a deployment's user_config holds (a model name); any other key is an operator's typo."""
+    unknown = set(config) - {key}
+    if unknown:
+        raise ValueError(f"{deployment}'s user_config takes only `{key}`, not {', '.join(sorted(unknown))}")
+    return config.get(key, default)

@@ -24,7 +24,7 @@ import ray
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event
+from deployments.events import InvalidInput, open_image, progress_event, result_event, user_config_choice
 
 REALESRGAN_SUBDIR = "realesrgan"
 CLASSIC = "classic"
@@ -205,11 +205,7 @@ class ImageEnhancement:
         """`user_config: {default_model: <name>}`: Serve calls this after __init__ and again, on the same replica,
         when a redeploy changes only the user_config, so an operator switches the model without new replicas.
         Without `default_model` the default goes back to the one the replica started with."""
-        unknown = set(config) - {"default_model"}
-        if unknown:
-            raise ValueError(f"ImageEnhancement's user_config takes only `default_model`, not "
-                             f"{', '.join(sorted(unknown))}")
-        model = config.get("default_model", self.initial_model)
+        model = user_config_choice(config, "default_model", self.initial_model, "ImageEnhancement")
         if model != self.enhancer.default_model:
             self.enhancer.use(model)
 
