@@ -30,9 +30,13 @@ async def live_status(task_id: uuid.UUID, request: Request,
     pubsub = client.pubsub()
     await pubsub.subscribe(f"{CHANNEL_PREFIX}{task_id}")  # before the snapshot, so no change falls between
     event_id = 0
+
+    def read() -> tuple[AITask, dict[str, Any]]:
+        current = get_task(task_id)
+        return current, render(current)  # rendering queries too (queue position): off the event loop as well
+
     try:
-        task = await run_in_threadpool(get_task, task_id)
-        last = render(task)
+        task, last = await run_in_threadpool(read)
         yield sse(event_id, last)
         last_read = last_sent = time.monotonic()
         while task.status not in FINISHED_STATUSES and not await request.is_disconnected():
@@ -43,8 +47,7 @@ async def live_status(task_id: uuid.UUID, request: Request,
                     yield ": keepalive\n\n"
                     last_sent = now
                 continue
-            task, last_read = await run_in_threadpool(get_task, task_id), now
-            current = render(task)
+            (task, current), last_read = await run_in_threadpool(read), now
             if current != last:
                 event_id += 1
                 yield sse(event_id, current)

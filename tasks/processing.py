@@ -151,13 +151,9 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
         result, prompt_used = _run_stages(task, storage)
         progress.publish(task_uuid, progress=95, message="Saving result")  # the SUCCESS write follows at once
         result_key = storage.put("output", result["image"])
-        metadata = result.get("metadata", {})
-        done = progress.succeed(task_uuid, result_key, {
-            "image_url": None,  # the API turns result_image into an absolute URL when it answers
-            "prompt_used": prompt_used,
-            "processing_time": None,
-            "metadata": metadata,
-        }, task.started_at)
+        # URL and timing are not stored twice: the API derives them from result_image and processing_time.
+        done = progress.succeed(task_uuid, result_key, {"prompt_used": prompt_used, "metadata": result["metadata"]},
+                                task.started_at)
         if not done:  # cancelled while saving: the result must not outlive the task
             storage.delete(result_key)
         return {"status": "success" if done else "skipped", "task_id": task_id}

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from serve.errors import ApiError
-from tasks.config import get_settings
 from tasks.db import get_engine
+from tasks.progress import redis_client
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["health"])
 def _check() -> dict[str, str]:
     with get_engine().connect() as connection:
         connection.execute(sa.text("SELECT 1"))
-    redis.Redis.from_url(get_settings().effective_redis_url, socket_timeout=2, socket_connect_timeout=2).ping()
+    redis_client().ping()
     return {"status": "ok", "database": "ok", "queue": "ok"}
 
 
