@@ -158,12 +158,17 @@ class Stage:
 @dataclass(frozen=True)
 class TaskSpec:
     task_type: TaskType
-    queue: str  # Celery queue: "gpu" or "cpu", as the seed routes
     stages: tuple[Stage, ...]
     parameters: type[TaskParameters]
     requires_image: bool
     extra_images: tuple[str, ...] = ()  # further upload fields this type accepts: "target_image", "style_image"
     required_extra_images: tuple[str, ...] = ()
+
+    @property
+    def queue(self) -> str:
+        """Its own Celery queue: one type's backlog never delays another's, and each deployment's backlog is the
+        length of one Redis list (docs/architecture.md, Consumers)."""
+        return self.task_type.value
 
 
 TASK_SPECS: dict[TaskType, TaskSpec] = {
@@ -171,14 +176,12 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
     for spec in (
         TaskSpec(
             task_type=TaskType.BACKGROUND_REMOVAL,
-            queue="cpu",
             stages=(Stage("background_removal", "BackgroundRemoval"),),
             parameters=BackgroundRemovalParameters,
             requires_image=True,
         ),
         TaskSpec(
             task_type=TaskType.FACE_SWAP,
-            queue="gpu",
             stages=(Stage("face_swap", "FaceSwap"),),
             parameters=FaceSwapParameters,
             requires_image=True,  # the source face
@@ -187,7 +190,6 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
         ),
         TaskSpec(
             task_type=TaskType.IMAGE_GENERATION,
-            queue="gpu",
             stages=(Stage("prompt_refinement", "PromptRefinement", weight=1),
                     Stage("image_generation", "ImageGeneration", weight=3)),
             parameters=ImageGenerationParameters,
@@ -195,7 +197,6 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
         ),
         TaskSpec(
             task_type=TaskType.STYLE_TRANSFER,
-            queue="gpu",  # the seed routes no queue for it: like generation and face swap, GPU model work
             stages=(Stage("style_transfer", "StyleTransfer"),),
             parameters=StyleTransferParameters,
             requires_image=True,
@@ -203,7 +204,6 @@ TASK_SPECS: dict[TaskType, TaskSpec] = {
         ),
         TaskSpec(
             task_type=TaskType.IMAGE_ENHANCEMENT,
-            queue="gpu",
             stages=(Stage("image_enhancement", "ImageEnhancement"),),
             parameters=ImageEnhancementParameters,
             requires_image=True,
