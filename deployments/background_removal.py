@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event, user_config_choice
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, user_config_choice
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
@@ -125,7 +125,7 @@ class BackgroundRemoval:
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from self.remover.run(image, parameters)
+        yield from paced(self.remover.run(image, parameters))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -10,7 +10,10 @@ A stage that prepares another (e.g. prompt refinement) returns no image but may 
 A deployment signals bad input (permanent: no retry) by raising `InvalidInput`, a ValueError.
 """
 
+import contextlib
 import io
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from PIL import Image
@@ -47,3 +50,16 @@ def user_config_choice(config: dict[str, Any], key: str, default: str, deploymen
     if unknown:
         raise ValueError(f"{deployment}'s user_config takes only `{key}`, not {', '.join(sorted(unknown))}")
     return config.get(key, default)
+
+
+def paced(events: Iterator[dict[str, Any]], min_interval_s: float = 0.25) -> Iterator[dict[str, Any]]:
+    """The first event at once (the caller learns a replica took the request), the result, and in between a
+    progress event at most every `min_interval_s`: each streamed item costs the replica and the caller a Ray object,
+    which for a millisecond job is most of its cost. Closing this closes `events` (a cancel stops the model)."""
+    last = None
+    with contextlib.closing(events):
+        for event in events:
+            now = time.monotonic()
+            if last is None or "result" in event or now - last >= min_interval_s:
+                last = now
+                yield event

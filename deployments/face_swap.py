@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event
 
 # MODELS_DIR/insightface/models/<face pack>/*.onnx is what FaceAnalysis loads; the swapper lies beside `models/`,
 # outside the pack, because FaceAnalysis would try to load every .onnx in its folder as an analysis model.
@@ -264,7 +264,7 @@ class FaceSwap:
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from self.swapper.run(image, parameters, extra_images)
+        yield from paced(self.swapper.run(image, parameters, extra_images))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

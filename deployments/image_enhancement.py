@@ -24,7 +24,7 @@ import ray
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event, user_config_choice
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, user_config_choice
 
 REALESRGAN_SUBDIR = "realesrgan"
 CLASSIC = "classic"
@@ -211,7 +211,7 @@ class ImageEnhancement:
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from self.enhancer.run(image, parameters)
+        yield from paced(self.enhancer.run(image, parameters))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

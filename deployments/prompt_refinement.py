@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.events import progress_event
+from deployments.events import paced, progress_event
 from deployments.weights import model_folder
 
 QUALITY_TERMS = ("highly detailed", "8k")
@@ -161,7 +161,7 @@ class PromptRefinement:
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from self.refiner.run(prompt, parameters)
+        yield from paced(self.refiner.run(prompt, parameters))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

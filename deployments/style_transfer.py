@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, progress_event, result_event
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event
 
 STYLE_SUBDIR = "styletransfer"
 MULTISTYLE, STYLE_PREDICTOR, STYLE_TRANSFORMER = "multistyle26", "arbitrary_predict", "arbitrary_transform"
@@ -259,7 +259,7 @@ class StyleTransfer:
 
     def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                 extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from self.stylizer.run(image, parameters, prompt, (extra_images or {}).get("style_image"))
+        yield from paced(self.stylizer.run(image, parameters, prompt, (extra_images or {}).get("style_image")))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -1,4 +1,4 @@
-"""The FastAPI application: runs as the Ray Serve ingress (serve/ingress.py) and under plain uvicorn."""
+"""The FastAPI application, served by uvicorn outside Ray (docs/architecture.md, The API process)."""
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles

@@ -31,6 +31,8 @@ def _up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     flower_line = f"  Flower     {flower_url} (Celery workers and tasks)\n" if flower_url else ""
+    limit = (f"{settings.rate_limit_per_minute} requests/min per API key or client address (RATE_LIMIT_PER_MINUTE;"
+             f" 0 turns it off)" if settings.rate_limit_per_minute else "off")
     print(
         f"\nbackendai is up\n"
         f"  API        {stack.api_url}/api/v1/tasks/create/\n"
@@ -38,18 +40,19 @@ def _up(args: argparse.Namespace) -> int:
         f"  Ray        {settings.ray_dashboard_url} (dashboard)\n"
         f"  Metrics    {stack.api_url}/metrics (Prometheus)\n"
         f"{flower_line}"
+        f"  rate limit {limit}\n"
         f"  logs       {stack.log_dir}\n"
         f"  try        backendai run background_removal --image photo.png -o cutout.png\n"
-        f"Ctrl-C stops everything this command started.",
+        f"A part that dies is restarted. Ctrl-C (or SIGTERM) lets running tasks finish, then stops everything.",
         flush=True,
     )
     try:
-        while all(process.poll() is None for process in stack.processes.values()):
+        while stack.failure is None:
             time.sleep(1)
-        print("a component exited; stopping (see the logs)", file=sys.stderr)
+        print(f"stopping: {stack.failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
+        print("\nstopping: running tasks finish first…", flush=True)
         return 0
     finally:
         stack.stop()

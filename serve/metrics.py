@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.db import get_engine
 from tasks.models import AITask, TaskStatus, TaskType
-from tasks.progress import redis_client
+from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
 
 log = logging.getLogger(__name__)

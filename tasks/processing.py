@@ -3,19 +3,19 @@
 import logging
 import os
 import random
-import threading
 import time
 import uuid
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject
 from ray.exceptions import RaySystemError
 from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
-from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
+from tasks.consumer import RunningTask, Stop, supervisor
+from tasks.models import AITask
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
 
@@ -26,65 +26,33 @@ MODEL_PROGRESS_START, MODEL_PROGRESS_END = 10, 90
 
 
 class _Stopped(Exception):
-    """The Serve request was cancelled by us: the user cancelled, or the deployment went silent too long."""
+    """The Serve request was cancelled by us (docs/architecture.md, Consumers): the user cancelled, a limit passed,
+    or no replica took it in time (then `retry`)."""
+
+    def __init__(self, stop: Stop):
+        super().__init__(stop.reason)
+        self.retry = stop.retry
 
 
-class _RequestWatch:
-    """Cancels a running Serve request when its task is cancelled or no event arrives in time.
-
-    Runs beside the event loop because a streaming handle's `next()` has no timeout of its own.
-    """
-
-    def __init__(self, task_id: uuid.UUID, response, event_timeout_s: float, poll_s: float = 0.25):
-        self.task_id, self.response = task_id, response
-        self.event_timeout_s, self.poll_s = event_timeout_s, poll_s
-        self.reason: str | None = None
-        self._last_event = time.monotonic()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name=f"watch-{task_id}")
-
-    def __enter__(self) -> "_RequestWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    def saw_event(self) -> None:
-        self._last_event = time.monotonic()
-
-    def stop(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self.response.cancel()
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.poll_s):
-            if progress.current_status(self.task_id) == TaskStatus.FAILURE:
-                self.stop(CANCELLED_MESSAGE)
-            elif time.monotonic() - self._last_event > self.event_timeout_s:
-                self.stop(f"no progress from the model for {self.event_timeout_s:.0f} s")
-
-
-def _stream_stage(task_id: uuid.UUID, stage: Stage, span: tuple[int, int], writer: progress.ProgressWriter,
+def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], writer: progress.ProgressWriter,
                   **call: Any) -> dict[str, Any]:
     """Call one deployment, streaming its events into the row within `span`; return its result payload."""
-    handle = ray_client.get_handle(stage.app_name, stage.deployment_name)
-    response = handle.options(stream=True).process.remote(**call)
-    low, high = span
-    with _RequestWatch(task_id, response, get_settings().serve_event_timeout_s) as watch:
-        try:
-            for event in response:
-                watch.saw_event()
-                if "result" in event:
-                    return event["result"]
-                writer.update(low + (high - low) * event["progress"] // 100, event["message"])
-        except SoftTimeLimitExceeded:
-            watch.stop("timed out")
-            raise
-        except RequestCancelledError as exc:
-            raise _Stopped(watch.reason or "cancelled") from exc
+    handle, generation = ray_client.get_handle(stage.app_name, stage.deployment_name)
+    try:
+        response = handle.options(stream=True).process.remote(**call)
+        running.begin_stage(response)
+        low, high = span
+        for event in response:
+            running.saw_event()
+            if "result" in event:
+                return event["result"]
+            writer.update(low + (high - low) * event["progress"] // 100, event["message"])
+    except RequestCancelledError as exc:
+        raise _Stopped(running.stop or Stop("cancelled")) from exc
+    except Exception as exc:
+        if _needs_reconnect(exc):
+            ray_client.disconnect(generation)
+        raise
     raise RuntimeError(f"{stage.deployment_name} finished without a result")
 
 
@@ -95,7 +63,7 @@ def _read_input(storage: Storage, key: str) -> bytes:
         raise ValueError("the input image is no longer in storage") from None
 
 
-def _run_stages(task: AITask, storage: Storage) -> tuple[dict[str, Any], str]:
+def _run_stages(task: AITask, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
     """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
     spec = TASK_SPECS[task.task_type]
     image = _read_input(storage, task.input_image) if task.input_image else None
@@ -108,7 +76,7 @@ def _run_stages(task: AITask, storage: Storage) -> tuple[dict[str, Any], str]:
         low = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
         done += stage.weight
         high = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
-        result = _stream_stage(task.id, stage, (low, high), writer, image=image, parameters=parameters,
+        result = _stream_stage(running, stage, (low, high), writer, image=image, parameters=parameters,
                                prompt=prompt, extra_images=extra_images)
         prompt = result.get("prompt", prompt)
         parameters.update(result.get("parameters", {}))
@@ -127,7 +95,8 @@ def _error_message(exc: BaseException) -> str:
 
 
 def _needs_reconnect(exc: BaseException) -> bool:
-    """After a Ray or Serve restart a connected driver keeps failing until it reconnects (ARCHITECTURE.md)."""
+    """After a Ray or Serve restart a connected driver keeps failing until it reconnects (docs/architecture.md,
+    measured facts)."""
     return isinstance(exc, RaySystemError | RayServeException | ConnectionError)
 
 
@@ -137,43 +106,68 @@ def _retry_countdown(retry_count: int) -> float:
     return base * (1 + random.uniform(0, 0.1))
 
 
+# A state write that still fails after progress's own retries (the database is away): the message is handed back
+# after this pause, so the task comes back rather than being acked in no final state.
+REQUEUE_PAUSE_S = 1.0
+
+
 @celery_app.task(bind=True, name="tasks.process_ai_task")
 def process_ai_task(self, task_id: str) -> dict[str, str]:
     """Run one AITask: PROCESSING → (progress…) → SUCCESS with result_data, or RETRY/FAILURE."""
-    task_uuid = uuid.UUID(task_id)
-    task = progress.claim(task_uuid, self.request.id, worker=f"{self.request.hostname}:{os.getpid()}")
+    try:
+        return _process(self, uuid.UUID(task_id))
+    except progress.DatabaseUnavailable as exc:
+        log.error("task %s: database unavailable (%s); message handed back", task_id, exc)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(str(exc), requeue=True) from exc
+
+
+def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
+    task_id = str(task_uuid)
+    request = celery_task.request
+    task = progress.claim(task_uuid, request.id, worker=f"{request.hostname}:{os.getpid()}")
     if task is None:
         log.info("task %s is finished, cancelled or running elsewhere: skipped", task_id)
         return {"status": "skipped", "task_id": task_id}
     log.info("processing task %s (%s)", task_id, task.task_type)
     storage = get_storage()
     try:
-        result, prompt_used = _run_stages(task, storage)
-        progress.publish(task_uuid, progress=95, message="Saving result")  # the SUCCESS write follows at once
+        with supervisor.track(task_uuid) as running:
+            result, prompt_used = _run_stages(task, storage, running)
         result_key = storage.put("output", result["image"])
-        # URL and timing are not stored twice: the API derives them from result_image and processing_time.
-        done = progress.succeed(task_uuid, result_key, {"prompt_used": prompt_used, "metadata": result["metadata"]},
-                                task.started_at)
+        try:
+            # URL and timing are not stored twice: the API derives them from result_image and processing_time.
+            done = progress.succeed(task_uuid, result_key, {"prompt_used": prompt_used,
+                                                            "metadata": result["metadata"]},
+                                    processing_time=time.monotonic() - (running.running_since or time.monotonic()))
+        except BaseException:
+            storage.delete(result_key)  # the retried delivery stores its own: never an orphan
+            raise
         if not done:  # cancelled while saving: the result must not outlive the task
             storage.delete(result_key)
         return {"status": "success" if done else "skipped", "task_id": task_id}
     except _Stopped as stopped:
-        progress.fail(task_uuid, str(stopped))
-        return {"status": "stopped", "task_id": task_id}
-    except SoftTimeLimitExceeded:
-        progress.fail(task_uuid, "timed out")
-        return {"status": "timed out", "task_id": task_id}
+        if not stopped.retry:
+            progress.fail(task_uuid, str(stopped))
+            return {"status": "stopped", "task_id": task_id}
+        return _retry_or_fail(celery_task, task, stopped)
     except ValueError as exc:  # bad input (deployments raise InvalidInput, a ValueError): never retried
         progress.fail(task_uuid, _error_message(exc))
         return {"status": "failure", "task_id": task_id}
+    except progress.DatabaseUnavailable:
+        raise
     except Exception as exc:  # anything else may pass (replica died, Serve restarting, OOM): bounded retries
-        error = f"{type(getattr(exc, 'cause', None) or exc).__name__}: {_error_message(exc)}"
-        log.warning("task %s failed (attempt %d): %s", task_id, task.retry_count + 1, error)
-        if _needs_reconnect(exc):
-            ray_client.disconnect()
-        if task.retry_count >= task.max_retries:
-            progress.fail(task_uuid, error)
-            return {"status": "failure", "task_id": task_id}
-        if progress.schedule_retry(task_uuid, task.retry_count + 1, error):
-            raise self.retry(exc=exc, countdown=_retry_countdown(task.retry_count), max_retries=None) from exc
-        return {"status": "skipped", "task_id": task_id}
+        return _retry_or_fail(celery_task, task, exc)
+
+
+def _retry_or_fail(celery_task, task: AITask, exc: Exception) -> dict[str, str]:
+    task_id = str(task.id)
+    cause = getattr(exc, "cause", None) or exc
+    error = str(exc) if isinstance(exc, _Stopped) else f"{type(cause).__name__}: {_error_message(exc)}"
+    log.warning("task %s failed (attempt %d): %s", task_id, task.retry_count + 1, error)
+    if task.retry_count >= task.max_retries:
+        progress.fail(task.id, error)
+        return {"status": "failure", "task_id": task_id}
+    if progress.schedule_retry(task.id, task.retry_count + 1, error):
+        raise celery_task.retry(exc=exc, countdown=_retry_countdown(task.retry_count), max_retries=None) from exc
+    return {"status": "skipped", "task_id": task_id}

@@ -5,10 +5,11 @@ result written by another delivery of the same message wins, and this worker's l
 """
 
 import json
+import logging
 import time
 import uuid
-from functools import lru_cache
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 import sqlalchemy as sa
@@ -16,14 +17,40 @@ import sqlalchemy as sa
 from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import FINISHED_STATUSES, AITask, TaskStatus, utcnow
+from tasks.redis_client import redis_client
 from tasks.webhooks import notify_finished
 
+log = logging.getLogger(__name__)
+
 CHANNEL_PREFIX = "backendai:task:"
+# A dropped connection (server restart, pg_terminate_backend, failover) is retried after these pauses.
+WRITE_RETRY_PAUSES_S = (0.1, 0.5, 1.0, 2.0)
+T = TypeVar("T")
 
 
-@lru_cache
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().effective_redis_url, socket_timeout=2, socket_connect_timeout=2)
+class DatabaseUnavailable(Exception):
+    """A state write failed on every retry: the caller must not ack its message (docs/architecture.md)."""
+
+
+def _with_retries(write: Callable[[bool], T]) -> T:
+    """Run `write(retried)`, again after a pause when the connection drops. `retried` tells the write that an
+    earlier attempt may have committed just before its connection went."""
+    pauses = iter(WRITE_RETRY_PAUSES_S)
+    retried = False
+    while True:
+        try:
+            return write(retried)
+        except sa.exc.DBAPIError as exc:
+            lost_connection = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError |
+                                                                        sa.exc.InterfaceError)
+            pause = next(pauses, None) if lost_connection else None
+            if not lost_connection:
+                raise
+            if pause is None:
+                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            log.warning("database write failed (%s); retrying in %.1f s", str(exc).splitlines()[0], pause)
+            time.sleep(pause)
+            retried = True
 
 
 def publish(task_id: uuid.UUID, **event: Any) -> None:
@@ -35,6 +62,7 @@ def publish(task_id: uuid.UUID, **event: Any) -> None:
 
 
 MESSAGE_LENGTH = AITask.__table__.c.message.type.length
+WAITING_MESSAGE = "Waiting for a replica"
 
 
 def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) -> bool:
@@ -42,9 +70,16 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
     if values.get("message"):
         values["message"] = values["message"][:MESSAGE_LENGTH]
     statement = sa.update(AITask).where(AITask.id == task_id, AITask.status.in_(only_if)).values(**values)
-    with session_scope() as session:
-        changed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
-        session.commit()
+
+    def write(retried: bool) -> bool:
+        with session_scope() as session:
+            changed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
+            session.commit()
+            if not changed and retried and "status" in values:  # did the lost attempt commit it?
+                return session.get(AITask, task_id).status == values["status"]
+        return changed
+
+    changed = _with_retries(write)
     if changed:
         publish(task_id, **{k: v for k, v in values.items() if k in ("status", "progress", "message")})
         if values.get("status") in FINISHED_STATUSES:
@@ -55,64 +90,64 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
 def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) -> AITask | None:
     """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken).
 
-    A delivery of the message that is already PROCESSING means its worker died mid-task (acks_late +
-    reject_on_worker_lost redeliver it). That is counted, and past `max_worker_losses` the task ends FAILURE
-    instead of killing worker after worker.
+    A delivery of the message that is already PROCESSING by another consumer means that consumer died mid-task
+    (its lease ran out and the message came back). That is counted, and past `max_worker_losses` the task ends
+    FAILURE instead of killing consumer after consumer. The same consumer claiming again (its first claim's answer
+    was lost with its connection) is no loss.
     """
     now = utcnow()
     runnable = AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
     redelivered = sa.and_(AITask.status == TaskStatus.PROCESSING, AITask.celery_task_id == celery_task_id)
+    lost = sa.and_(redelivered, AITask.worker.is_distinct_from(worker))
     statement = (
         sa.update(AITask)
         .where(AITask.id == task_id, sa.or_(runnable, redelivered))
-        .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message="Started",
-                worker=worker,
-                worker_losses=AITask.worker_losses + sa.case((redelivered, 1), else_=0),
+        .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message=WAITING_MESSAGE,
+                worker=worker, worker_losses=AITask.worker_losses + sa.case((lost, 1), else_=0),
                 started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now)
     )
-    with session_scope() as session:
-        claimed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
-        session.commit()
-        task = session.get(AITask, task_id) if claimed else None
+
+    def write(_retried: bool) -> AITask | None:
+        with session_scope() as session:
+            claimed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
+            session.commit()
+            return session.get(AITask, task_id) if claimed else None
+
+    task = _with_retries(write)
     if task is None:
         return None
     limit = get_settings().max_worker_losses
     if task.worker_losses > limit:
         fail(task_id, f"worker lost: the task ended its worker {task.worker_losses} times (limit {limit})")
         return None
-    publish(task_id, status=TaskStatus.PROCESSING, progress=5, message="Started")
+    publish(task_id, status=TaskStatus.PROCESSING, progress=5, message=WAITING_MESSAGE)
     return task
 
 
-def current_status(task_id: uuid.UUID) -> TaskStatus | None:
-    with session_scope() as session:
-        return session.exec(sa.select(AITask.status).where(AITask.id == task_id)).scalar_one_or_none()
-
-
 class ProgressWriter:
-    """Writes progress to the row at most every `min_interval_s` (and always on a jump to a new message)."""
+    """Publishes every event; writes the row at most every `min_interval_s` since the claim or the last write, so
+    a job shorter than that costs no progress write at all (live streams still see every event)."""
 
     def __init__(self, task_id: uuid.UUID, min_interval_s: float | None = None):
         self.task_id = task_id
         self.min_interval_s = get_settings().progress_min_interval_s if min_interval_s is None else min_interval_s
-        self._last_write = 0.0
-        self._last_message: str | None = None
+        self._last_write = time.monotonic()  # the claim wrote the row
 
     def update(self, progress: int, message: str) -> None:
         now = time.monotonic()
-        if message == self._last_message and now - self._last_write < self.min_interval_s:
+        if now - self._last_write < self.min_interval_s:
             publish(self.task_id, progress=progress, message=message)
             return
-        self._last_write, self._last_message = now, message
+        self._last_write = now
         _update(self.task_id, (TaskStatus.PROCESSING,), progress=progress, message=message)
 
 
-def succeed(task_id: uuid.UUID, result_image: str, result_data: dict[str, Any], started_at) -> bool:
-    completed_at = utcnow()
+def succeed(task_id: uuid.UUID, result_image: str, result_data: dict[str, Any], processing_time: float) -> bool:
+    """SUCCESS with the result; the last retry's error does not stay on a successful row."""
     return _update(
         task_id, (TaskStatus.PROCESSING,), status=TaskStatus.SUCCESS, progress=100, message="Completed",
-        result_image=result_image, result_data=result_data, completed_at=completed_at,
-        processing_time=(completed_at - started_at).total_seconds(),
+        result_image=result_image, result_data=result_data, completed_at=utcnow(), error_message=None,
+        processing_time=round(processing_time, 4),
     )
 
 

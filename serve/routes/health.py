@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from serve.errors import ApiError
 from tasks.db import get_engine
-from tasks.progress import redis_client
+from tasks.redis_client import redis_client
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
 

@@ -76,7 +76,7 @@ def test_tasks_and_their_durations_are_read_from_the_rows(api_client, redis_clie
     assert {bound: moved(f"{histogram}_bucket", le=bound) for bound in ("0.25", "0.5", "2.5", "5.0", "600.0", "+Inf")} \
         == {"0.25": 0, "0.5": 1, "2.5": 1, "5.0": 2, "600.0": 2, "+Inf": 3}
     assert moved(f"{histogram}_count") == 3 and abs(moved(f"{histogram}_sum") - 703.3) < 1e-6
-    for queue in ("cpu", "gpu"):
+    for queue in ("background_removal", "style_transfer"):
         assert value(after, "backendai_queue_depth", queue=queue) == redis_client.llen(queue)
     assert value(after, "backendai_metrics_source_up", source="database") == 1
     assert value(after, "backendai_metrics_source_up", source="redis") == 1

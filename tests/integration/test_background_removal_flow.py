@@ -1,4 +1,4 @@
-"""The whole real chain: HTTP → Serve ingress → Postgres row → Celery on Redis → worker → Serve deployment by
+"""The whole real chain: HTTP → API → Postgres row → Celery on Redis → worker → Serve deployment by
 handle → rembg → stored result → status/result endpoints → media URL."""
 
 import io
@@ -70,7 +70,7 @@ def test_cancelled_pending_task_never_runs(http, redis_client, astronaut_png):
     """With the cpu worker paused the task stays PENDING; cancelled, it is never picked up afterwards."""
     from tasks.celery_app import celery_app
 
-    assert celery_app.control.cancel_consumer("cpu", reply=True, timeout=5)
+    assert celery_app.control.cancel_consumer("background_removal", reply=True, timeout=5)
     try:
         created = http.post(CREATE, data={"prompt": "never", "task_type": "background_removal"},
                             files={"image": ("astronaut.png", astronaut_png)})
@@ -82,14 +82,14 @@ def test_cancelled_pending_task_never_runs(http, redis_client, astronaut_png):
         cancelled = http.post(f"/api/v1/tasks/{task_id}/cancel/")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "FAILURE"
     finally:
-        assert celery_app.control.add_consumer("cpu", reply=True, timeout=5)
+        assert celery_app.control.add_consumer("background_removal", reply=True, timeout=5)
 
     # A task queued after it completes, so the cancelled one has been delivered and turned away by then.
     later = http.post(CREATE, data={"prompt": "after", "task_type": "background_removal"},
                       files={"image": ("astronaut.png", astronaut_png)}).json()["task_id"]
     assert wait_for(http, later, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
     deadline = time.monotonic() + 30
-    while redis_client.llen("cpu") and time.monotonic() < deadline:
+    while redis_client.llen("background_removal") and time.monotonic() < deadline:
         time.sleep(0.1)
 
     status = http.get(f"/api/v1/tasks/{task_id}/status/").json()

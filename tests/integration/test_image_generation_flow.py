@@ -4,10 +4,7 @@ streamed step progress, 400s, cancel inside the denoising loop, and batching of 
 
 import io
 import json
-import os
-import signal
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -138,22 +135,8 @@ def test_cancel_stops_the_denoising_loop_and_the_next_task_runs(http, settings):
     assert total == "151" and int(done) < 50  # stopped early in the loop, not run to the end
 
 
-@pytest.fixture
-def more_gpu_workers(stack) -> Iterator[None]:
-    """Four more gpu-queue worker processes, so that concurrent generation tasks reach the deployment together
-    (the test stack's gpu worker runs one task at a time)."""
-    worker = stack.start_worker("gpu", 4, name="worker-gpu-batching")
-    from tasks.celery_app import celery_app
-
-    deadline = time.monotonic() + 60
-    while not any("worker-gpu-batching" in name for answer in celery_app.control.ping(timeout=1) for name in answer):
-        assert time.monotonic() < deadline and worker.poll() is None, "the extra gpu worker did not start"
-    yield
-    os.killpg(worker.pid, signal.SIGTERM)
-    worker.wait(30)
-
-
-def test_concurrent_compatible_requests_run_in_fewer_pipeline_calls(http, more_gpu_workers):
+def test_concurrent_compatible_requests_run_in_fewer_pipeline_calls(http):
+    """One consumer holds many calls in flight, so concurrent tasks reach the deployment together and merge."""
     # A longer generation occupies the replica while the others arrive, so they wait together and merge.
     blocker = _create(http, width=128, height=128, num_inference_steps=150, seed=99, refine_prompt=False)
     _wait_until_generating(http, blocker)

@@ -39,13 +39,13 @@ def test_events_stream_rises_to_success_and_a_reconnect_gets_the_final_state(cli
 
 def test_waiting_tasks_show_their_queue_position_and_eta(client, astronaut_png):
     client.wait(client.create("background_removal", "warm", image=astronaut_png)["task_id"])  # one duration known
-    assert celery_app.control.cancel_consumer("cpu", reply=True, timeout=5)
+    assert celery_app.control.cancel_consumer("background_removal", reply=True, timeout=5)
     try:
         waiting = [client.create("background_removal", f"queued {n}", image=astronaut_png)["task_id"]
                    for n in range(3)]
         statuses = [client.status(task_id) for task_id in waiting]
     finally:
-        assert celery_app.control.add_consumer("cpu", reply=True, timeout=5)
+        assert celery_app.control.add_consumer("background_removal", reply=True, timeout=5)
     assert [status["queue_position"] for status in statuses] == [0, 1, 2]
     etas = [status["eta_seconds"] for status in statuses]
     assert all(eta > 0 for eta in etas) and etas == sorted(etas) and etas[2] == pytest.approx(3 * etas[0], rel=0.02)

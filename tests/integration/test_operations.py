@@ -26,15 +26,15 @@ def test_metrics_move_when_tasks_run(http, redis_client, astronaut_png):
 
     before = scrape(http)
     # Retried: `up` returns once the API answers, and the workers may still be starting.
-    _eventually(lambda: celery_app.control.cancel_consumer("cpu", reply=True, timeout=2))
+    _eventually(lambda: celery_app.control.cancel_consumer("background_removal", reply=True, timeout=2))
     try:
         created = [http.post(CREATE, data={"prompt": "remove the background", "task_type": "background_removal"},
                              files={"image": ("astronaut.png", astronaut_png, "image/png")}) for _ in range(2)]
         assert [response.status_code for response in created] == [201, 201]
         queued = scrape(http)
-        waiting = redis_client.llen("cpu")
+        waiting = redis_client.llen("background_removal")
     finally:
-        assert celery_app.control.add_consumer("cpu", reply=True, timeout=5)
+        assert celery_app.control.add_consumer("background_removal", reply=True, timeout=5)
     statuses = [wait_for(http, response.json()["task_id"], {"SUCCESS", "FAILURE"}) for response in created]
     assert [status["status"] for status in statuses] == ["SUCCESS", "SUCCESS"], statuses
     after = scrape(http)
@@ -42,7 +42,7 @@ def test_metrics_move_when_tasks_run(http, redis_client, astronaut_png):
     def moved(samples, name: str, **labels: str) -> float:
         return value(samples, name, **labels) - value(before, name, **labels)
 
-    assert value(queued, "backendai_queue_depth", queue="cpu") == waiting >= 1
+    assert value(queued, "backendai_queue_depth", queue="background_removal") == waiting >= 1
     assert moved(queued, "backendai_tasks", task_type="background_removal", status="PENDING") >= 1
 
     create = {"method": "POST", "route": CREATE}

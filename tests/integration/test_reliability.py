@@ -57,12 +57,13 @@ def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05
 
 
 def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, slow_png, settings):
-    """Each delivery's pool process is SIGKILLed mid-task; past max_worker_losses redeliveries the task fails."""
+    """Each delivery's consumer is SIGKILLed mid-task (the stack restarts it; the message comes back when its lease
+    runs out); past max_worker_losses redeliveries the task fails."""
     task_id = _create(http, slow_png)
     for delivery in range(settings.max_worker_losses + 1):
         row = _wait_until(lambda d=delivery: (row := _row(task_id)).status == "PROCESSING"
                           and row.worker_losses == d and row, 60, f"delivery {delivery + 1}")
-        os.kill(int(row.worker.rsplit(":", 1)[1]), signal.SIGKILL)  # the pool process that claimed it
+        os.kill(int(row.worker.rsplit(":", 1)[1]), signal.SIGKILL)  # the consumer that claimed it
     status = wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=120)
     assert status["status"] == "FAILURE", status
     assert status["error_message"].startswith("worker lost"), status
@@ -70,7 +71,8 @@ def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, slow_png
 
 
 def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings, astronaut):
-    """50 tasks; one of the two cpu workers is SIGKILLed (whole process group) mid-run; all end SUCCESS once."""
+    """50 tasks; one of two consumers is SIGKILLed mid-run; its tasks come back when their leases run out, and
+    all end SUCCESS once."""
     small = io.BytesIO()
     astronaut.resize((96, 96)).save(small, format="PNG")
     victim = stack.start_worker("cpu", 2, name="worker-victim")
@@ -195,7 +197,7 @@ def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(sta
     assert recovered.status_code == 201, recovered.text
     queued.append(recovered.json()["task_id"])
 
-    worker = stack.start_worker("cpu", 2, name="worker-own-redis", REDIS_URL=url,
+    worker = stack.start_worker("background_removal", 2, name="worker-own-redis", REDIS_URL=url,
                                 STORAGE_URL=f"file://{tmp_path / 'media'}")
     try:
         for task_id in queued:
@@ -205,7 +207,7 @@ def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(sta
                 time.sleep(0.2)
             assert status["status"] == "SUCCESS", status
     finally:
-        stack.processes.pop("worker-own-redis", None)
+        stack.forget("worker-own-redis")
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
 
@@ -217,7 +219,7 @@ def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_red
     url, start_redis, _ = own_redis
     start_redis()
     api = uvicorn_api(REDIS_URL=url)  # its own Redis: only the worker below sees this task
-    worker = stack.start_worker("cpu", 1, name="worker-soft-limit", REDIS_URL=url,
+    worker = stack.start_worker("background_removal", 1, name="worker-soft-limit", REDIS_URL=url,
                                 STORAGE_URL=f"file://{tmp_path / 'media'}", TASK_SOFT_TIME_LIMIT_S="1",
                                 TASK_TIME_LIMIT_S="60")
     try:
@@ -228,7 +230,7 @@ def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_red
                 "SUCCESS", "FAILURE") and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
-        stack.processes.pop("worker-soft-limit", None)
+        stack.forget("worker-soft-limit")
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
     assert (status["status"], status["error_message"], status["retry_count"]) == ("FAILURE", "timed out", 0)

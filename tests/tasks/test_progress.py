@@ -1,8 +1,11 @@
 """State transitions on the real database: a finished task can never be undone by a late or repeated write."""
 
+import threading
+import time
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from tasks import progress
 from tasks.db import session_scope
@@ -30,10 +33,16 @@ def test_claim_runs_a_task_once_but_lets_its_own_redelivery_resume(task):
     assert progress.claim(task.id, task.celery_task_id) is not None  # same message after its worker died
 
 
+def test_a_redelivery_counts_a_worker_loss_only_when_another_consumer_claims(task):
+    progress.claim(task.id, task.celery_task_id, worker="host:1")
+    assert progress.claim(task.id, task.celery_task_id, worker="host:1").worker_losses == 0  # its own retry
+    assert progress.claim(task.id, task.celery_task_id, worker="host:2").worker_losses == 1  # host:1 died
+
+
 def test_a_cancelled_task_is_not_claimed_and_not_overwritten(task):
     assert progress.fail(task.id, CANCELLED_MESSAGE)
     assert progress.claim(task.id, task.celery_task_id) is None
-    assert not progress.succeed(task.id, "tasks/output/x.png", {}, task.created_at)
+    assert not progress.succeed(task.id, "tasks/output/x.png", {}, processing_time=1.0)
     progress.ProgressWriter(task.id, 0).update(50, "late progress")
     row = _status(task)
     assert (row.status, row.error_message, row.progress, row.result_image) == (
@@ -42,12 +51,21 @@ def test_a_cancelled_task_is_not_claimed_and_not_overwritten(task):
 
 def test_success_is_written_once(task):
     claimed = progress.claim(task.id, task.celery_task_id)
-    assert progress.succeed(task.id, "tasks/output/a.png", {"metadata": {}}, claimed.started_at)
-    assert not progress.succeed(task.id, "tasks/output/b.png", {"metadata": {}}, claimed.started_at)
+    assert claimed is not None
+    assert progress.succeed(task.id, "tasks/output/a.png", {"metadata": {}}, processing_time=0.25)
+    assert not progress.succeed(task.id, "tasks/output/b.png", {"metadata": {}}, processing_time=0.5)
     assert not progress.fail(task.id, "late failure")
     row = _status(task)
     assert (row.status, row.result_image, row.progress) == (TaskStatus.SUCCESS, "tasks/output/a.png", 100)
-    assert row.processing_time >= 0
+    assert row.processing_time == 0.25
+
+
+def test_success_clears_the_error_of_an_earlier_attempt(task):
+    progress.claim(task.id, task.celery_task_id)
+    progress.schedule_retry(task.id, 1, "ActorDiedError: replica died")
+    progress.claim(task.id, task.celery_task_id)
+    assert progress.succeed(task.id, "tasks/output/a.png", {"metadata": {}}, processing_time=0.1)
+    assert _status(task).error_message is None
 
 
 def test_retry_state_is_recorded_and_claimable_again(task):
@@ -58,11 +76,43 @@ def test_retry_state_is_recorded_and_claimable_again(task):
     assert progress.claim(task.id, task.celery_task_id) is not None
 
 
-def test_progress_writes_are_throttled(task):
+def test_progress_writes_are_throttled_from_the_claim(task):
     progress.claim(task.id, task.celery_task_id)
-    writer = progress.ProgressWriter(task.id, min_interval_s=60)
+    writer = progress.ProgressWriter(task.id, min_interval_s=0.3)
     writer.update(20, "Working")
-    writer.update(60, "Working")  # same message inside the interval: published, not written
-    assert _status(task).progress == 20
-    writer.update(70, "Encoding")  # a new message is always written
-    assert _status(task).progress == 70
+    writer.update(60, "Encoding")  # inside the interval since the claim: published, not written
+    assert (_status(task).progress, _status(task).message) == (5, progress.WAITING_MESSAGE)
+    time.sleep(0.35)
+    writer.update(70, "Encoding")
+    assert (_status(task).progress, _status(task).message) == (70, "Encoding")
+
+
+def test_a_state_write_survives_its_connection_being_killed(task, database):
+    """The row is locked while the write waits; its connection is terminated; the write retries and lands."""
+    if not database.startswith("postgresql"):
+        pytest.skip("pg_terminate_backend needs Postgres")
+    from tasks.db import get_engine
+
+    progress.claim(task.id, task.celery_task_id, worker="host:1")
+    get_engine().dispose()  # the write below gets a fresh connection whose pid we can find
+    done = threading.Event()
+    with get_engine().connect() as holder:
+        holder.execute(sa.text("SELECT 1 FROM ai_tasks WHERE id = :id FOR UPDATE"), {"id": task.id})
+        writer = threading.Thread(target=lambda: done.set() if progress.succeed(
+            task.id, "tasks/output/a.png", {"metadata": {}}, processing_time=0.1) else None)
+        writer.start()
+        blocked = None
+        with get_engine().connect() as observer:  # its own connection: pg_stat_activity is per-transaction
+            for _ in range(100):
+                blocked = observer.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                                   " AND datname = current_database()")).scalar()
+                observer.rollback()
+                if blocked:
+                    break
+                time.sleep(0.05)
+            assert blocked, "the write never waited on the row lock"
+            observer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": blocked})
+        holder.rollback()
+    writer.join(15)
+    assert done.is_set()
+    assert _status(task).status == TaskStatus.SUCCESS

@@ -7,5 +7,5 @@ from tasks.registry import TASK_SPECS
 def test_every_seed_task_type_has_a_spec_on_a_seed_queue():
     assert set(TASK_SPECS) == set(TaskType)
     for spec in TASK_SPECS.values():
-        assert spec.queue in ("gpu", "cpu") and spec.stages
+        assert spec.queue == spec.task_type.value and spec.stages
         assert set(spec.required_extra_images) <= set(spec.extra_images)
