@@ -6,6 +6,7 @@ the Redis server (a free numbered db on it is locked for the run); both default 
 """
 
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from serve.stack import free_port
 from tests.helpers import png_bytes
 
 SERVER_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -25,6 +25,13 @@ DATA_DIR = Path(tempfile.mkdtemp(prefix="backendai-test-"))
 
 # Read by every process of the stack (Settings come from the environment), so set before anything imports it.
 REDIS_LOCK = "backendai:test-run"
+
+
+def free_port() -> int:
+    """A free TCP port. Not serve.stack's: importing that module reads the settings, before they are set below."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _lock_a_redis_db() -> str:
