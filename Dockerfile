@@ -1,5 +1,6 @@
-# One image for every service of docker-compose.yml: the Ray head (Serve controller, HTTP proxy, API ingress), the
-# GPU node (model replicas), the Celery workers, beat and Flower. On Linux, PyPI's torch wheel is the CUDA build,
+# One image for every service of docker-compose.yml and deploy/kubernetes/: the API (uvicorn), the Ray head (Serve
+# controller), the GPU nodes (model replicas), the consumers, beat and Flower. It is the GPU image: PyPI's Linux
+# torch wheel is the CUDA build and the `gpu` extra adds ONNX Runtime's; both fall back to the CPU without a GPU,
 # so the same image runs on CPU and GPU nodes.
 FROM python:3.11-slim
 
@@ -14,11 +15,16 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /app
 
 # Dependencies in their own layer, installed against empty packages, so that a code change does not reinstall
-# torch. The editable install maps the packages to /app, which the next COPY fills.
-COPY pyproject.toml README.md ./
+# torch. The editable install maps the packages to /app, which the next COPY fills. onnxruntime (CPU, which
+# insightface requires) and onnxruntime-gpu write the same `onnxruntime` module: removing the CPU package deletes
+# those files, so the GPU package is reinstalled over it, at the release just resolved.
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir serve tasks deployments \
  && touch serve/__init__.py tasks/__init__.py deployments/__init__.py \
- && pip install -e .
+ && pip install -c constraints.txt -e '.[gpu]' \
+ && ORT_GPU="onnxruntime-gpu==$(python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))')" \
+ && pip uninstall -y onnxruntime \
+ && pip install --no-deps --force-reinstall "$ORT_GPU"
 COPY . .
 
 # Named volumes mounted on /data/media and /models take these owners when first created.

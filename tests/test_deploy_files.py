@@ -181,12 +181,16 @@ def test_dockerfile_installs_the_project_from_files_that_reach_the_image():
     for sources in (arguments.split()[:-1] for instruction, arguments in instructions if instruction == "COPY"):
         for source in sources:
             assert source == "." or ((ROOT / source).exists() and not _ignored(source)), source
-    # The dependency layer installs against empty packages: exactly the packages pyproject ships.
-    install = next(arguments for instruction, arguments in instructions if "pip install -e ." in arguments)
+    # The dependency layer installs against empty packages: exactly the packages pyproject ships, at the releases
+    # of constraints.txt, with the CUDA build of ONNX Runtime (the `gpu` extra).
+    install = next(arguments for instruction, arguments in instructions if " -e " in arguments)
     stubbed = set(re.search(r"mkdir ([\w ]+?) &&", install)[1].split())
-    included = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]
     assert stubbed == {pattern.rstrip("*") for pattern in included["include"]}
-    needed = ["pyproject.toml", "README.md", "config/serve.yaml", "tasks/migrations/env.py",
+    assert "pip install -c constraints.txt -e '.[gpu]'" in install and "gpu" in pyproject["project"][
+        "optional-dependencies"]
+    needed = ["pyproject.toml", "README.md", "constraints.txt", "config/serve.yaml", "tasks/migrations/env.py",
               *(str(path.relative_to(ROOT)) for package in stubbed for path in (ROOT / package).rglob("*.py")
                 if "__pycache__" not in path.parts)]
     assert [path for path in needed if _ignored(path)] == []
