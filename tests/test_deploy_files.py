@@ -1,8 +1,10 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose file parses, its services
-link up, and every command it runs exists in this environment and accepts the options it is given."""
+link up and run the design of docs/architecture.md, and every command it runs exists in this environment and
+accepts the options it is given."""
 
 import argparse
 import fnmatch
+import importlib
 import re
 import shlex
 import tomllib
@@ -17,15 +19,20 @@ import yaml
 from celery.app.utils import find_app
 from celery.bin.base import CLIContext
 from celery.bin.celery import celery as celery_cli
+from celery.concurrency import get_implementation
 from ray.scripts.scripts import cli as ray_cli
 from ray.serve.scripts import cli as serve_cli
+from uvicorn.main import main as uvicorn_cli
 
 from serve.cli import build_parser
+from tasks.celery_app import HOUSEKEEPING_QUEUE
+from tasks.registry import TASK_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
 OUR_SERVICES = {name: service for name, service in SERVICES.items() if "build" in service}
+QUEUES = {spec.queue for spec in TASK_SPECS.values()} | {HOUSEKEEPING_QUEUE}
 
 SHELL_BUILTINS = {"kill", "sleep", "wait", "exit"}
 SHELL_OPERATORS = {";", "&&", "||", "&", "|"}
@@ -33,8 +40,10 @@ SHELL_KEYWORDS = {"until", "while", "do", "done", "if", "then", "else", "fi", "e
 
 
 def _interpolated(text: str) -> str:
-    """Compose's `${VAR:-default}` with its default, and `$$` (a literal dollar)."""
-    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text).replace("$$", "$")
+    """Compose's `${VAR:-default}` with its default, `${VAR:?message}` (the operator must set it) as `<VAR>`, and
+    `$$` (a literal dollar)."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1>", text).replace("$$", "$")
 
 
 def _environment(service: dict) -> dict[str, str]:
@@ -46,13 +55,15 @@ def _host_ports(service: dict) -> list[int]:
     return [int(str(port).split(":")[-2]) for port in service.get("ports", []) if ":" in str(port)]
 
 
-def _simple_commands(command: str | list[str]) -> list[list[str]]:
-    """The programs a service runs with their arguments, also from inside an `sh -c` script."""
+def _simple_commands(command: str | list[str], env: dict[str, str] | None = None) -> list[list[str]]:
+    """The programs a service runs with their arguments, also from inside an `sh -c` script, whose `$VAR`s are
+    taken from the container's environment `env`."""
     argv = shlex.split(command) if isinstance(command, str) else [_interpolated(part) for part in command]
     if argv[:2] != ["sh", "-c"]:
         return [argv]
+    script = re.sub(r"\$(\w+)", lambda variable: (env or {}).get(variable[1], variable[0]), argv[2])
     commands: list[list[str]] = []
-    for line in argv[2].splitlines():
+    for line in script.splitlines():
         lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
         current: list[str] = []
@@ -75,7 +86,12 @@ def _check_click(group: click.Group, argv: list[str], obj: object = None) -> cli
     return command.make_context(argv[0], argv[1:], parent=context)
 
 
-def _check_celery(argv: list[str]) -> None:
+def _commands(service: dict) -> list[list[str]]:
+    return _simple_commands(service.get("command", []), _environment(service))
+
+
+def _check_celery(argv: list[str]) -> click.Context | None:
+    """Also returns the parsed subcommand (`worker`, `beat`) for a closer look."""
     position = next(index for index, token in enumerate(argv) if token in celery_cli.commands)
     group = celery_cli.make_context("celery", argv[:position])
     app = find_app(group.params["app"])  # `-A tasks.celery_app` imports
@@ -85,8 +101,8 @@ def _check_celery(argv: list[str]) -> None:
 
         for option in subcommand[1:]:
             assert option.startswith("--") and option[2:].split("=")[0] in flower_options, option
-        return
-    _check_click(celery_cli, subcommand, CLIContext(app=app, no_color=True, workdir=None, quiet=True))
+        return None
+    return _check_click(celery_cli, subcommand, CLIContext(app=app, no_color=True, workdir=None, quiet=True))
 
 
 def _check_backendai(argv: list[str]) -> None:
@@ -102,24 +118,69 @@ def _check_serve(argv: list[str]) -> None:
         assert (ROOT / context.params["config_or_import_path"]).is_file()
 
 
+def _check_uvicorn(argv: list[str]) -> click.Context:
+    context = uvicorn_cli.make_context("uvicorn", list(argv))
+    module, attribute = context.params["app"].split(":")
+    assert hasattr(importlib.import_module(module), attribute), context.params["app"]
+    return context
+
+
 CHECKS = {
     "ray": lambda argv: _check_click(ray_cli, argv),
     "serve": _check_serve,
     "celery": _check_celery,
     "backendai": _check_backendai,
+    "uvicorn": _check_uvicorn,
 }
 
 
-def test_compose_runs_the_cards_stack():
-    assert {"postgres", "redis", "ray-head", "ray-worker-gpu", "celery-worker-gpu", "celery-worker-cpu",
-            "celery-beat", "flower"} <= set(SERVICES)
-    commands = {name: [" ".join(argv) for argv in _simple_commands(service["command"])]
-                for name, service in OUR_SERVICES.items()}
-    assert any(line.startswith("serve deploy config/serve.yaml") for line in commands["ray-head"])
-    for queue in ("gpu", "cpu"):
-        assert any(f"worker -Q {queue} " in line for line in commands[f"celery-worker-{queue}"])
+def _consumed_queues(argv: list[str]) -> list[str]:
+    """The queues of a `celery worker` command line, checked against the consumer design: threads pool, 16 calls
+    in flight, no start-up chatter with the other workers."""
+    if argv[0] != "celery" or "worker" not in argv:
+        return []
+    options = _check_celery(argv).params
+    assert (options["pool"], options["concurrency"], options["without_mingle"], options["without_gossip"]) == (
+        get_implementation("threads"), 16, True, True), argv
+    return list(options["queues"])
+
+
+def test_compose_runs_the_design():
+    """The API under uvicorn outside Ray, the model applications deployed on the Ray head, one consumer per queue,
+    one beat (docs/architecture.md)."""
+    commands = {name: _commands(service) for name, service in OUR_SERVICES.items()}
+    programs = {name: {argv[0] for argv in argvs} for name, argvs in commands.items()}
+
+    api = [argv for argv in commands["api"] if argv[0] == "uvicorn"]
+    assert api and _check_uvicorn(api[0][1:]).params["app"] == "serve.app:app"
+    assert "ray" not in programs["api"] and "ray-head" not in SERVICES["api"].get("depends_on", {})
+    assert any(argv[:3] == ["serve", "deploy", "config/serve.yaml"] for argv in commands["ray-head"])
     reservation = SERVICES["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
+
+    consumers = {name: queues for name, argvs in commands.items()
+                 if (queues := [queue for argv in argvs for queue in _consumed_queues(argv)])}
+    assert sorted(queue for queues in consumers.values() for queue in queues) == sorted(QUEUES)
+    for name, queues in consumers.items():
+        joins_ray = [argv for argv in commands[name] if argv[:2] == ["ray", "start"]]
+        if queues == [HOUSEKEEPING_QUEUE]:  # housekeeping never calls Ray: it runs on while Ray restarts
+            assert not joins_ray and "ray-head" not in OUR_SERVICES[name]["depends_on"], name
+        else:  # a Ray driver reaches the cluster through a Ray node on its own host, one without resources
+            options = _check_click(ray_cli, joins_ray[0][1:]).params
+            assert (options["address"], options["num_cpus"], options["num_gpus"]) == (
+                _environment(OUR_SERVICES[name])["RAY_ADDRESS"], 0, 0), name
+    beats = [name for name, argvs in commands.items() if any(argv[:4] == ["celery", "-A", "tasks.celery_app", "beat"]
+                                                             for argv in argvs)]
+    assert len(beats) == 1 and "deploy" not in OUR_SERVICES[beats[0]]  # two beats would schedule everything twice
+
+
+def test_compose_keeps_secrets_and_monitoring_private():
+    for name, service in OUR_SERVICES.items():
+        for variable in ("WEBHOOK_SECRET", "PUBLIC_API_URL"):  # every process signs and links alike
+            assert re.fullmatch(rf"\$\{{{variable}:\?.+\}}", service["environment"][variable]), (name, variable)
+    flower = SERVICES["flower"]
+    assert [str(port).split(":")[0] for port in flower["ports"]] == ["127.0.0.1"]
+    assert re.search(r"--basic-auth=\$\{FLOWER_BASIC_AUTH:\?.+\}", " ".join(flower["command"]))
 
 
 def test_compose_services_link_up():
@@ -130,10 +191,10 @@ def test_compose_services_link_up():
     for name, service in SERVICES.items():
         if name != "redis":
             assert 6379 not in _host_ports(service), name
-            assert "6379" not in " ".join(map(" ".join, _simple_commands(service.get("command", [])))), name
+            assert "6379" not in " ".join(map(" ".join, _commands(service))), name
 
     postgres = _environment(SERVICES["postgres"])
-    head = next(argv for argv in _simple_commands(SERVICES["ray-head"]["command"]) if argv[:2] == ["ray", "start"])
+    head = next(argv for argv in _commands(SERVICES["ray-head"]) if argv[:2] == ["ray", "start"])
     head_options = _check_click(ray_cli, head[1:]).params
     for name, service in OUR_SERVICES.items():
         env = _environment(service)
@@ -144,9 +205,9 @@ def test_compose_services_link_up():
         assert env["RAY_ADDRESS"] == f"ray-head:{head_options['port']}" != "ray-head:6379", name
         assert int(env["RAY_DASHBOARD_PORT"]) == head_options["dashboard_port"], name
 
-    serve_config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
-    assert serve_config["http_options"]["port"] in _host_ports(SERVICES["ray-head"])
-    health_url = SERVICES["ray-head"]["healthcheck"]["test"][-1]
+    api_port = _check_uvicorn(next(argv for argv in _commands(SERVICES["api"]) if argv[0] == "uvicorn")[1:])
+    assert api_port.params["port"] in _host_ports(SERVICES["api"])
+    health_url = SERVICES["api"]["healthcheck"]["test"][-1]
     from serve.app import create_app
 
     assert re.search(r"http://127\.0\.0\.1:\d+(/\S*?)'", health_url)[1] in create_app().openapi()["paths"]
@@ -155,7 +216,9 @@ def test_compose_services_link_up():
 @pytest.mark.parametrize("service", sorted(OUR_SERVICES))
 def test_every_command_exists_and_accepts_its_options(service):
     console_scripts = {script.name for script in entry_points(group="console_scripts")}
-    for argv in _simple_commands(OUR_SERVICES[service]["command"]):
+    healthcheck = OUR_SERVICES[service].get("healthcheck", {}).get("test", [])
+    probes = [healthcheck[1:]] if healthcheck[:1] == ["CMD"] and healthcheck[1] != "python" else []
+    for argv in [*_commands(OUR_SERVICES[service]), *probes]:
         program, arguments = argv[0], argv[1:]
         if program in SHELL_BUILTINS:
             continue
