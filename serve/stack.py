@@ -127,9 +127,12 @@ class Stack:
             with self._lock:
                 if not self._watching.is_set():
                     return
-                dead = [name for name, process in self.processes.items() if process.poll() is not None]
+                dead = [name for name, process in list(self.processes.items()) if process.poll() is not None]
                 for name in dead:
-                    self._restart(name)
+                    try:
+                        self._restart(name)
+                    except Exception as exc:  # the watcher itself must outlive any one part's trouble
+                        self.failure = f"{name} could not be restarted: {exc}"
 
     def _restart(self, name: str) -> None:
         code = self.processes.pop(name).returncode
@@ -145,11 +148,7 @@ class Stack:
             self.echo(f"[stack] {self.failure}")
             return
         self.echo(f"[stack] {name} exited with {code}; restarting it ({len(deaths)}/{RESTART_LIMIT})")
-        try:
-            restart()
-        except Exception as exc:
-            self.failure = f"{name} could not be restarted: {exc}"
-            self.echo(f"[stack] {self.failure}")
+        restart()
 
     def __enter__(self) -> "Stack":
         return self.start()

@@ -75,20 +75,22 @@ def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings
     all end SUCCESS once."""
     small = io.BytesIO()
     astronaut.resize((96, 96)).save(small, format="PNG")
-    victim = stack.start_worker("cpu", 2, name="worker-victim")
-    _wait_until(lambda: any("worker-victim" in name for reply in celery_app.control.ping(timeout=0.5)
+    victim = stack.start_worker("background_removal", 4, name="consumer-victim")
+    _wait_until(lambda: any("consumer-victim" in name for reply in celery_app.control.ping(timeout=0.5)
                             for name in reply), 30, "the extra worker")
     task_ids = [_create(http, small.getvalue()) for _ in range(50)]
     _wait_until(lambda: any(_row(t).status == "PROCESSING" for t in task_ids), 60, "work to start")
-    time.sleep(1.0)
+    held = _wait_until(lambda: [t for t in task_ids if (row := _row(t)).status == "PROCESSING"
+                                and row.worker.endswith(f":{victim.pid}")], 60, "the victim to run tasks")
+    stack.forget("consumer-victim")
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(10)
-    stack.processes.pop("worker-victim", None)
 
     statuses = [wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=180) for task_id in task_ids]
     assert [status["status"] for status in statuses] == ["SUCCESS"] * 50
     rows = [_row(task_id) for task_id in task_ids]
     assert all(row.result_image for row in rows)
+    assert all(not _row(t).worker.endswith(f":{victim.pid}") for t in held)  # another consumer finished them
     outputs = {path.relative_to(settings.data_dir / "media").as_posix()
                for path in (settings.data_dir / "media" / "tasks" / "output").rglob("*.png")}
     assert {row.result_image for row in rows} <= outputs
@@ -187,12 +189,12 @@ def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(sta
                           files={"image": ("in.png", small.getvalue())}, timeout=30)
 
     queued = [create().json()["task_id"] for _ in range(4)]
-    assert client.llen("cpu") == 4
+    assert client.llen("background_removal") == 4
     stop_redis()
     down = create()
     assert down.status_code == 503 and down.headers["Retry-After"].isdigit()
     client = start_redis()
-    assert client.llen("cpu") == 4  # the append-only file brought the queue back
+    assert client.llen("background_removal") == 4  # the append-only file brought the queue back
     recovered = create()
     assert recovered.status_code == 201, recovered.text
     queued.append(recovered.json()["task_id"])
