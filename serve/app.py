@@ -4,8 +4,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from serve.errors import install_error_handlers
+from serve.limits import RequestLimitsMiddleware
 from serve.metrics import install_metrics
 from serve.routes import health, media, styles, task_types, tasks, web
+from serve.uploads import max_request_body_bytes
+from tasks.config import get_settings
 
 
 def create_app() -> FastAPI:
@@ -15,7 +18,10 @@ def create_app() -> FastAPI:
         version="0.1.0",
     )
     install_error_handlers(app)
-    install_metrics(app)
+    settings = get_settings()
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=max_request_body_bytes(settings),
+                       body_timeout_s=settings.request_body_timeout_s)
+    install_metrics(app)  # added last, so outermost: it also counts what the limits refuse
     app.include_router(tasks.router)
     app.include_router(media.router)
     app.include_router(health.router)

@@ -24,29 +24,32 @@ class ApiError(Exception):
         self.status_code, self.error, self.details, self.headers = status_code, error, details, headers
 
 
-def _body(error: str, details: Any = None) -> dict[str, Any]:
-    return {"error": error} if details is None else {"error": error, "details": details}
+def error_response(status_code: int, error: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape, also for middleware that answers before any route runs."""
+    body = {"error": error} if details is None else {"error": error, "details": details}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _unavailable(what: str) -> JSONResponse:
-    return JSONResponse(_body(f"{what} is unavailable; nothing was changed. Retry in a few seconds."),
-                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return error_response(503, f"{what} is unavailable; nothing was changed. Retry in a few seconds.",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.error, exc.details), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, exc.error, exc.details, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
                    for e in exc.errors()]
-        return JSONResponse(_body("Invalid input", details), status_code=400)
+        return error_response(400, "Invalid input", details)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
@@ -63,4 +66,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(_body("Internal error; the request was not completed."), status_code=500)
+        return error_response(500, "Internal error; the request was not completed.")

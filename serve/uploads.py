@@ -3,6 +3,7 @@
 import io
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -10,8 +11,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serve.errors import ApiError
 from tasks.config import Settings
+from tasks.registry import TASK_SPECS
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+# The text fields of a create request (prompt, parameters, webhook_url, task_type) with form encoding around them:
+# percent-encoding triples a 5000-character prompt of 4-byte characters to 60 KB.
+FORM_FIELDS_ALLOWANCE_BYTES = 256 * 1024
+FORM_PART_MAX_BYTES = 64 * 1024  # one text field, as sent (encoded)
+
+
+def max_request_body_bytes(settings: Settings) -> int:
+    """The largest body worth reading: as many images as any task type takes, each at the per-image limit, and
+    the text fields. Anything larger is refused before it is read (serve/limits.py)."""
+    images = 1 + max(len(spec.extra_images) for spec in TASK_SPECS.values())
+    return images * settings.max_upload_bytes + FORM_FIELDS_ALLOWANCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -22,20 +35,25 @@ class UploadedImage:
 
 
 async def read_image_as_png(upload: UploadFile, settings: Settings) -> UploadedImage:
-    """Return the upload re-encoded as PNG (upright, first frame), or raise a 4xx ApiError."""
-    data = await upload.read(settings.max_upload_bytes + 1)
-    return await run_in_threadpool(_decode_as_png, data, settings)  # decoding is CPU work: off the event loop
+    """Return the upload re-encoded as PNG (upright, first frame), or raise a 4xx ApiError.
+
+    Decoded from the spooled upload itself (a temporary file past 1 MB): the raw bytes are never also held whole in
+    memory, so a burst of large uploads costs their decoded pixels, not twice their size.
+    """
+    return await run_in_threadpool(_decode_as_png, upload.file, settings)  # CPU work and file reads: off the loop
 
 
-def _decode_as_png(data: bytes, settings: Settings) -> UploadedImage:
-    if len(data) > settings.max_upload_bytes:
+def _decode_as_png(file: BinaryIO, settings: Settings) -> UploadedImage:
+    size = file.seek(0, io.SEEK_END)
+    if size > settings.max_upload_bytes:
         raise ApiError(413, f"Image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB")
-    if not data:
+    if not size:
         raise ApiError(400, "Image file is empty")
+    file.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(file)
             if image.format not in ACCEPTED_FORMATS:
                 accepted = ", ".join(ACCEPTED_FORMATS)
                 raise ApiError(400, f"Unsupported image format {image.format}; use one of {accepted}")

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_prompt_length: int = 5000
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    request_body_timeout_s: float = Field(
+        default=60.0, description="Longest time one request body may take to arrive; a slower one is refused (408).")
 
     # Access.
     api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")

@@ -12,7 +12,7 @@ from serve.deps import CallerDep, SettingsDep, TaskDep
 from serve.errors import ApiError
 from serve.events import live_status
 from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
-from serve.uploads import read_image_as_png
+from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
 from tasks import service
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType
 from tasks.registry import TASK_SPECS, TaskSpec
@@ -21,8 +21,11 @@ from tasks.webhooks import WebhookRefused, check_webhook_url
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 410, 413, 429, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 408, 409, 410, 413, 429, 503)
 }
+# Bounds on the parts parsed at all (the form has four text fields and three files); a repeated field is then
+# refused by name.
+CREATE_FORM_LIMITS = {"max_fields": 16, "max_files": 8, "max_part_size": FORM_PART_MAX_BYTES}
 
 
 def _spec_for(task_type: str) -> TaskSpec:
@@ -61,7 +64,8 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
     return str(request.url_for("get_media", key=key))
 
 
-@router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS)
+@router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS,
+             form_limits=CREATE_FORM_LIMITS)
 async def create_task(
     settings: SettingsDep,
     caller: CallerDep,
