@@ -1,6 +1,7 @@
 """The seed's four task endpoints: create, status, result, cancel."""
 
 import json
+import unicodedata
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
@@ -8,9 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from serve import strict_json
 from serve.deps import CallerDep, SettingsDep, TaskDep
 from serve.errors import ApiError
 from serve.events import live_status
+from serve.forms import refuse_ambiguous_form
 from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
 from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
 from tasks import service
@@ -23,6 +26,7 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 404, 408, 409, 410, 413, 429, 503)
 }
+MAX_PARAMETERS_CHARS = 16 * 1024  # the largest valid parameters (a 1000-character negative prompt) fit many times
 # Bounds on the parts parsed at all (the form has four text fields and three files); a repeated field is then
 # refused by name.
 CREATE_FORM_LIMITS = {"max_fields": 16, "max_files": 8, "max_part_size": FORM_PART_MAX_BYTES}
@@ -37,9 +41,25 @@ def _spec_for(task_type: str) -> TaskSpec:
     return TASK_SPECS[parsed]
 
 
+def _checked_prompt(prompt: str | None, max_length: int) -> str:
+    if prompt is None or _blank(prompt):
+        raise ApiError(400, "prompt is required", {"prompt": "This field may not be blank."})
+    if len(prompt) > max_length:
+        raise ApiError(400, f"prompt is longer than {max_length} characters",
+                       {"prompt": f"got {len(prompt)} characters"})
+    return prompt
+
+
+def _blank(text: str) -> bool:
+    """Nothing visible: only whitespace and invisible format characters (zero-width space, BOM, ...)."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
+
+
 def _parameters_for(spec: TaskSpec, raw: str | None) -> dict[str, Any]:
     try:
-        parameters = json.loads(raw) if raw and raw.strip() else {}
+        parameters = strict_json.loads(raw, MAX_PARAMETERS_CHARS) if raw and raw.strip() else {}
+    except strict_json.JsonRefused as refused:
+        raise ApiError(400, f"parameters {refused}", {"parameters": str(refused)}) from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "parameters must be a JSON object", {"parameters": str(exc)}) from None
     if not isinstance(parameters, dict):
@@ -69,6 +89,7 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
 async def create_task(
     settings: SettingsDep,
     caller: CallerDep,
+    request: Request,
     response: Response,
     task_type: Annotated[str, Form(description="One of the seed's task types.")],
     prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
@@ -84,12 +105,9 @@ async def create_task(
                                                   "task again; same key, other body: 409.")] = None,
 ) -> TaskCreated:
     """Validate, store the input, record the task (PENDING) and queue it."""
+    await refuse_ambiguous_form(request)
     spec = _spec_for(task_type)
-    if prompt is None or not prompt.strip():
-        raise ApiError(400, "prompt is required", {"prompt": "This field may not be blank."})
-    if len(prompt) > settings.max_prompt_length:
-        raise ApiError(400, f"prompt is longer than {settings.max_prompt_length} characters",
-                       {"prompt": f"got {len(prompt)} characters"})
+    prompt = _checked_prompt(prompt, settings.max_prompt_length)
     checked_parameters = _parameters_for(spec, parameters)
     if webhook_url:
         try:

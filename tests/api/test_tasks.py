@@ -159,7 +159,7 @@ BR = {"task_type": "background_removal", "prompt": "x"}
         ({**BR, "parameters": '{"return_mask": {"nested": 1}}'}, {"image": ("a.png", _image())}, {}, 400,
          "Invalid parameters"),
         ({**BR, "parameters": "{" * 10000}, {"image": ("a.png", _image())}, {}, 400,
-         "parameters must be a JSON object"),
+         "parameters is nested deeper than"),
         ({**BR, "task_type": ""}, {"image": ("a.png", _image())}, {}, 400, "Invalid input"),
         ({**BR, "task_type": "BACKGROUND_REMOVAL"}, {"image": ("a.png", _image())}, {}, 400, "Unknown task_type"),
         ({**BR, "task_type": "background_removal "}, {"image": ("a.png", _image())}, {}, 400, "Unknown task_type"),
