@@ -25,11 +25,13 @@ class Caller:
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
-    if x_api_key:
-        return x_api_key
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
+    """The API key a request presents, or None. A blank X-API-Key or Bearer counts as a (wrong) key, so a client
+    whose key variable is unset hears 401 instead of being served anonymously. Other Authorization schemes (a proxy's
+    Basic auth) are not ours and are ignored."""
+    if x_api_key is not None:
+        return x_api_key.strip()
+    scheme, _, credentials = (authorization or "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
 
 
 def _caller(
@@ -40,7 +42,7 @@ def _caller(
 ) -> Caller:
     presented = presented_key(authorization, x_api_key)
     key = keys.find_key(presented) if presented else None
-    if presented and key is None:
+    if presented is not None and key is None:
         raise ApiError(401, "Invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if key is None and settings.api_keys_required:
         raise ApiError(401, "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key`",

@@ -37,15 +37,22 @@ class WebhookRefused(ValueError):
 
 
 def check_webhook_url(url: str) -> str:
-    """Refuse URLs that would make this server call itself or its private network (SSRF)."""
-    parts = urlsplit(url)
+    """Refuse URLs that would make this server call itself or its private network (SSRF), and URLs no HTTP client
+    could send (spaces or control characters, a bad port, a broken IPv6 literal)."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise WebhookRefused("webhook_url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookRefused(f"webhook_url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhook_url must be an absolute http(s) URL")
     if get_settings().webhook_allow_private:
         return url
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
-    except socket.gaierror:
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port or 443)}
+    except (socket.gaierror, UnicodeError):
         raise WebhookRefused(f"webhook_url host {parts.hostname!r} does not resolve") from None
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])

@@ -29,11 +29,11 @@ async def get_media(
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """A stored result image."""
-    task = await run_in_threadpool(get_task_by_result, key) if key.startswith(SERVED_PREFIX) else None
+    task = await run_in_threadpool(get_task_by_result, key) if _is_result_key(key) else None
     if task is None:
         raise ApiError(404, "File not found")
     presented = presented_key(authorization, x_api_key)
-    if presented:
+    if presented is not None:
         caller = await run_in_threadpool(keys.find_key, presented)
         if caller is None or caller.id != task.api_key_id:
             raise ApiError(404, "File not found")
@@ -41,3 +41,9 @@ async def get_media(
         raise ApiError(410, "File expired and was deleted")
     data = await run_in_threadpool(get_storage().get, key)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _is_result_key(key: str) -> bool:
+    """A name the storage could have generated for a result: under tasks/output/, no '..', '.' or empty segment and
+    no backslash. Anything else is refused before it reaches the database or the storage."""
+    return key.startswith(SERVED_PREFIX) and "\\" not in key and not {"", ".", ".."} & set(key.split("/"))
