@@ -10,6 +10,8 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from tests.raw_requests import asgi_request, socket_request
+
 CREATE = "/api/v1/tasks/create/"
 
 
@@ -101,9 +103,33 @@ def test_cancel_of_an_unknown_task_is_404(api_client):
     assert api_client.post(f"/api/v1/tasks/{uuid.uuid4()}/cancel/").status_code == 404
 
 
-def test_media_outside_results_is_not_served(api_client):
-    for key in ("tasks/input/x.png", "../../etc/passwd", "tasks/output/../../x"):
-        assert api_client.get(f"/media/{key}").status_code == 404
+# Targets as sent on the wire (an HTTP client would resolve the `..` away): each must reach the media route's guard
+# ("File not found") or StaticFiles' ("Not Found") and be refused there.
+TRAVERSAL_TARGETS = [
+    ("/media/tasks/input/x.png", "File not found"),
+    ("/media/../../etc/passwd", "File not found"),
+    ("/media/tasks/output/../../x", "File not found"),
+    ("/media/tasks/output/..%2F..%2Finput%2Fx.png", "File not found"),
+    ("/media/tasks/output/%2e%2e/%2e%2e/pyproject.toml", "File not found"),
+    ("/media/tasks/output/..\\..\\x.png", "File not found"),
+    ("/media/tasks/output//etc/passwd", "File not found"),
+    ("/static/../../pyproject.toml", "Not Found"),
+    ("/static/%2e%2e/%2e%2e/pyproject.toml", "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("target", "error"), TRAVERSAL_TARGETS)
+def test_media_outside_results_is_not_served(api_client, target, error):
+    response = asgi_request(api_client.app, "GET", target)
+    assert (response.status, response.json()) == (404, {"error": error})
+
+
+def test_traversal_targets_arrive_unchanged_over_a_real_socket(uvicorn_api):
+    """uvicorn hands the `..` on as sent, so the guards above are what stands between a client and the disk."""
+    url = uvicorn_api()
+    answers = {target: socket_request(url, "GET", target) for target, _ in TRAVERSAL_TARGETS}
+    assert {target: (answer.status, answer.json()) for target, answer in answers.items()} == \
+        {target: (404, {"error": error}) for target, error in TRAVERSAL_TARGETS}
 
 
 def test_exif_orientation_is_applied_to_the_stored_input(api_client, settings):
@@ -180,9 +206,18 @@ def test_corpus_of_bad_requests(api_client, nothing_written, form, files, header
     assert response.json()["error"].startswith(error), response.json()
 
 
-@pytest.mark.parametrize("task_id", ["1", "00000000-0000-0000-0000", "../../etc/passwd", "%00", "x" * 500,
-                                     "550e8400-e29b-41d4-a716-44665544000g"])
-def test_bad_task_ids_are_404_everywhere(api_client, task_id):
+@pytest.mark.parametrize(("task_id", "error"), [
+    ("1", "Task not found: '1' is not a valid task id"),
+    ("00000000-0000-0000-0000", "Task not found: '00000000-0000-0000-0000' is not a valid task id"),
+    ("x" * 500, f"Task not found: {'x' * 500!r} is not a valid task id"),
+    ("550e8400-e29b-41d4-a716-44665544000g", "Task not found: '550e8400-e29b-41d4-a716-44665544000g' is not a valid "
+                                             "task id"),
+    ("..", "Task not found: '..' is not a valid task id"),  # sent raw, so the id really is '..'
+    ("%2e%2e", "Task not found: '..' is not a valid task id"),
+    ("../../etc/passwd", "Not Found"),  # an id with slashes matches no route
+    ("..%2F..%2Fetc%2Fpasswd", "Not Found"),  # decoded to slashes before routing: no route either
+])
+def test_bad_task_ids_are_404_everywhere(api_client, task_id, error):
     for method, path in (("GET", "status"), ("GET", "result"), ("POST", "cancel")):
-        response = api_client.request(method, f"/api/v1/tasks/{task_id}/{path}/")
-        assert response.status_code == 404, (method, path, response.text)
+        response = asgi_request(api_client.app, method, f"/api/v1/tasks/{task_id}/{path}/")
+        assert (response.status, response.json()) == (404, {"error": error}), (method, path)
