@@ -12,7 +12,7 @@ its default model at start (or when its `user_config` changes it) and any other 
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,15 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, user_config_choice
+from deployments.events import (
+    InvalidInput,
+    open_image,
+    paced,
+    progress_event,
+    result_event,
+    stream_in_thread,
+    user_config_choice,
+)
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
@@ -123,9 +131,11 @@ class BackgroundRemoval:
         if model != self.remover.model:
             self.remover.use(model)
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
-                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from paced(self.remover.run(image, parameters))
+    async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                      extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
+        # Concurrent requests overlap: onnxruntime sessions are reentrant, the mediapipe graph locks itself.
+        async for event in stream_in_thread(paced(self.remover.run(image, parameters))):
+            yield event
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

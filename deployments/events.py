@@ -10,10 +10,12 @@ A stage that prepares another (e.g. prompt refinement) returns no image but may 
 A deployment signals bad input (permanent: no retry) by raising `InvalidInput`, a ValueError.
 """
 
+import asyncio
 import contextlib
 import io
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from PIL import Image
@@ -63,3 +65,38 @@ def paced(events: Iterator[dict[str, Any]], min_interval_s: float = 0.25) -> Ite
             if last is None or "result" in event or now - last >= min_interval_s:
                 last = now
                 yield event
+
+
+_END = object()
+
+
+async def stream_in_thread(events: Iterator[dict[str, Any]],
+                           lock: contextlib.AbstractContextManager | None = None) -> AsyncIterator[dict[str, Any]]:
+    """A model's sync generator, stepped in a worker thread, as the async stream a deployment returns.
+
+    Serve runs a *sync* generator method to its end in a thread even after the caller cancels, so a cancelled
+    job kept computing and a replica ran more jobs than its max_ongoing_requests. Here a cancel stops the model at
+    its next event (between tiles, steps, faces), and this stream ends only once the thread has stopped, so the
+    request's slot is not freed before its work. `lock` serializes models that are not reentrant.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def drive() -> None:
+        with lock or contextlib.nullcontext(), contextlib.closing(events):
+            for event in events:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+                if stop.is_set():
+                    return  # closing() throws GeneratorExit into the model where it yielded
+
+    done = loop.run_in_executor(None, drive)
+    done.add_done_callback(lambda _: queue.put_nowait(_END))
+    try:
+        while (event := await queue.get()) is not _END:
+            yield event
+        await done  # the model's own exception, if it raised
+    finally:
+        stop.set()
+        if not done.done():
+            await asyncio.wait([done])

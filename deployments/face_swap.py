@@ -17,7 +17,7 @@ Faces are numbered from 0, left to right by the centre of each face, in both ima
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, paced, progress_event, result_event
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
 
 # MODELS_DIR/insightface/models/<face pack>/*.onnx is what FaceAnalysis loads; the swapper lies beside `models/`,
 # outside the pack, because FaceAnalysis would try to load every .onnx in its folder as an analysis model.
@@ -262,9 +262,11 @@ class FaceSwap:
     def __init__(self, backend: str = LandmarkSwap.name, **options: Any):
         self.swapper = FaceSwapper(os.environ["MODELS_DIR"], backend, **options)
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
-                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from paced(self.swapper.run(image, parameters, extra_images))
+    async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                      extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
+        # Concurrent requests overlap: onnxruntime sessions are reentrant, the mediapipe graph locks itself.
+        async for event in stream_in_thread(paced(self.swapper.run(image, parameters, extra_images))):
+            yield event
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -11,8 +11,9 @@ weights: non-local-means denoising, Lanczos upscaling and an unsharp mask.
 """
 
 import os
+import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,15 @@ import ray
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, user_config_choice
+from deployments.events import (
+    InvalidInput,
+    open_image,
+    paced,
+    progress_event,
+    result_event,
+    stream_in_thread,
+    user_config_choice,
+)
 
 REALESRGAN_SUBDIR = "realesrgan"
 CLASSIC = "classic"
@@ -198,6 +207,7 @@ class ImageEnhancement:
         # Vulkan does not read CUDA_VISIBLE_DEVICES: pick the GPU that Ray assigned to this replica by its index.
         assigned = ray.get_gpu_ids()
         self.initial_model = default_model
+        self.lock = threading.Lock()
         self.enhancer = Enhancer(os.environ["MODELS_DIR"], default_model, tile_size, max_output_pixels, device,
                                  threads, vulkan_device=int(assigned[0]) if assigned else None)
 
@@ -209,9 +219,11 @@ class ImageEnhancement:
         if model != self.enhancer.default_model:
             self.enhancer.use(model)
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
-                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from paced(self.enhancer.run(image, parameters))
+    async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                      extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
+        # One job at a time per replica: ncnn's nets are shared, and each job's tiles already use every thread.
+        async for event in stream_in_thread(paced(self.enhancer.run(image, parameters)), self.lock):
+            yield event
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

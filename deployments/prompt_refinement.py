@@ -9,14 +9,15 @@ llama-cpp-python, which this environment does not install: that path is untested
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from deployments.events import paced, progress_event
+from deployments.events import paced, progress_event, stream_in_thread
 from deployments.weights import model_folder
 
 QUALITY_TERMS = ("highly detailed", "8k")
@@ -158,10 +159,13 @@ class PromptRefiner:
 class PromptRefinement:
     def __init__(self, backend: str = "template", model: str | None = None, device: str = "auto"):
         self.refiner = PromptRefiner(os.environ["MODELS_DIR"], backend, model, device)
+        # A language model's generate() is not reentrant; the template refiner is plain Python.
+        self.lock = None if backend == "template" else threading.Lock()
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
-                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from paced(self.refiner.run(prompt, parameters))
+    async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                      extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
+        async for event in stream_in_thread(paced(self.refiner.run(prompt, parameters)), self.lock):
+            yield event
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

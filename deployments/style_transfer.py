@@ -18,7 +18,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from deployments.events import InvalidInput, open_image, paced, progress_event, result_event
+from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
 
 STYLE_SUBDIR = "styletransfer"
 MULTISTYLE, STYLE_PREDICTOR, STYLE_TRANSFORMER = "multistyle26", "arbitrary_predict", "arbitrary_transform"
@@ -256,10 +256,14 @@ class Stylizer:
 class StyleTransfer:
     def __init__(self, backend: str = "onnx", max_side: int = 1024, **backend_options: Any):
         self.stylizer = Stylizer(os.environ["MODELS_DIR"], backend, max_side, **backend_options)
+        # The ONNX networks are reentrant (requests overlap); a diffusers pipeline is not.
+        self.lock = threading.Lock() if backend == "img2img" else None
 
-    def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
-                extra_images: dict[str, bytes] | None = None) -> Iterator[dict]:
-        yield from paced(self.stylizer.run(image, parameters, prompt, (extra_images or {}).get("style_image")))
+    async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
+                      extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
+        events = self.stylizer.run(image, parameters, prompt, (extra_images or {}).get("style_image"))
+        async for event in stream_in_thread(paced(events), self.lock):
+            yield event
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
