@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
+from deployments.catalogue import MEDIAPIPE_SELFIE
 from deployments.events import (
     InvalidInput,
     open_image,
@@ -32,8 +33,6 @@ from deployments.events import (
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
-# The person-only segmenter; its model ships inside the mediapipe wheel.
-MEDIAPIPE_SELFIE = "mediapipe-selfie"
 
 
 class SelfieSegmenter:

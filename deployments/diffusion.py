@@ -9,47 +9,24 @@ import gzip
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from deployments import catalogue
+from deployments.devices import torch_device
 from deployments.weights import model_folder
 
-# The schedulers a request may pick by name. tasks/registry.py lists the same names (it cannot import this
-# module); tests/deployments/test_image_generation.py checks that the two lists agree.
-SCHEDULERS: dict[str, Any] = {
-    "pndm": PNDMScheduler,
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_ancestral": EulerAncestralDiscreteScheduler,
-    "dpm_multistep": DPMSolverMultistepScheduler,
-    "lms": LMSDiscreteScheduler,
-}
+# The schedulers a request may pick by name (the API validates the same catalogue).
+SCHEDULERS: dict[str, Any] = {name: getattr(diffusers, class_name) for name, class_name in catalogue.SCHEDULERS.items()}
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 # Written into the tiny model's folder; its presence makes the service say that its images are noise.
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
-
-
-def resolve_device(device: str) -> str:
-    """"auto" means the GPU when there is one."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -79,7 +56,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], models_dir: Path, mod
                   dtype: str = "auto", variant: str | None = None, compile_unet: bool = False) -> DiffusionPipeline:
     """Load `model` (a folder under `models_dir`, or an absolute folder) for `device`, never from the network."""
     folder = model_folder(models_dir, model, "model_index.json")
-    device = resolve_device(device)
+    device = torch_device(device)
     pipe = pipeline_class.from_pretrained(folder, dtype=resolve_dtype(dtype, device), variant=variant,
                                           local_files_only=True)
     return optimise_pipeline(pipe, device, compile_unet)

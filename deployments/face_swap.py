@@ -26,12 +26,13 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
+from deployments.catalogue import TARGET_IMAGE
+from deployments.devices import onnx_providers
 from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
 
 # MODELS_DIR/insightface/models/<face pack>/*.onnx is what FaceAnalysis loads; the swapper lies beside `models/`,
 # outside the pack, because FaceAnalysis would try to load every .onnx in its folder as an analysis model.
 INSIGHTFACE_SUBDIR = "insightface"
-TARGET_UPLOAD = "target_image"
 
 
 class FaceBackend(Protocol):
@@ -157,21 +158,13 @@ def _feathered(mask: np.ndarray, radius: int) -> np.ndarray:
     return cv2.GaussianBlur(eroded, (2 * radius + 1, 2 * radius + 1), 0)
 
 
-def onnx_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it (onnxruntime-gpu on a GPU node), else the CPU."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    return [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider") if name in available]
-
-
 class InsightFaceSwap:
     """insightface's detector and identity model with the inswapper model, from the operator's local files."""
 
     name = "insightface"
 
     def __init__(self, models_dir: str | Path, face_pack: str = "buffalo_l",
-                 swapper_file: str = "inswapper_128.onnx", detection_size: int = 640):
+                 swapper_file: str = "inswapper_128.onnx", detection_size: int = 640, device: str = "auto"):
         home = Path(models_dir) / INSIGHTFACE_SUBDIR
         pack_dir, swapper_path = home / "models" / face_pack, home / swapper_file
         for needed in (pack_dir, swapper_path):
@@ -181,7 +174,7 @@ class InsightFaceSwap:
         from insightface.app import FaceAnalysis
         from insightface.model_zoo import get_model
 
-        self.providers = onnx_providers()
+        self.providers = onnx_providers(device)
         # An existing folder as `name` is loaded as it is: insightface downloads only packs it cannot find.
         self._analysis = FaceAnalysis(name=str(pack_dir), root=str(home), allowed_modules=["detection", "recognition"],
                                       providers=self.providers)
@@ -230,9 +223,9 @@ class FaceSwapper:
         started = time.perf_counter()
         yield progress_event(5, "Decoding images")
         source = np.asarray(open_image(image_bytes).convert("RGB"))
-        target_bytes = (extra_images or {}).get(TARGET_UPLOAD)
+        target_bytes = (extra_images or {}).get(TARGET_IMAGE)
         if not target_bytes:
-            raise InvalidInput(f"face_swap needs a {TARGET_UPLOAD}: the image that receives the face")
+            raise InvalidInput(f"face_swap needs a {TARGET_IMAGE}: the image that receives the face")
         target = np.asarray(open_image(target_bytes).convert("RGB"))
 
         yield progress_event(15, "Finding faces")

@@ -25,6 +25,8 @@ import ray
 from PIL import Image
 from ray import serve
 
+from deployments.catalogue import CLASSIC_ENHANCEMENT, ENHANCEMENT_MODELS, ENHANCEMENT_SCALES, MAX_IMAGE_PIXELS
+from deployments.devices import use_gpu
 from deployments.events import (
     InvalidInput,
     open_image,
@@ -36,8 +38,6 @@ from deployments.events import (
 )
 
 REALESRGAN_SUBDIR = "realesrgan"
-CLASSIC = "classic"
-SCALES = (2, 4)
 TILE_MARGIN = 16  # input pixels of context around each tile (x4plus's seams fade with it; 10 left some)
 
 
@@ -57,7 +57,6 @@ REALESRGAN_NETWORKS: dict[tuple[str, int], Network] = {
     ("realesr-animevideov3", 2): Network("REALESRGAN_ANIMAVIDEOV3_UP2X", 2),
     ("realesr-animevideov3", 4): Network("REALESRGAN_ANIMAVIDEOV3_UP4X", 4),
 }
-MODELS = (*dict.fromkeys(model for model, _ in REALESRGAN_NETWORKS), CLASSIC)
 
 
 def classic_enhance(image: Image.Image, scale: int, denoise_strength: float = 3.0) -> Image.Image:
@@ -84,29 +83,25 @@ def tiles(height: int, width: int, tile_size: int) -> list[tuple[int, int, int, 
 
 
 class Enhancer:
-    def __init__(self, models_dir: str | Path, default_model: str = "realesr-animevideov3", tile_size: int = 256,
-                 max_output_pixels: int = 4096 * 4096, device: str = "auto", threads: int | None = None,
+    def __init__(self, models_dir: str | Path, model: str = "realesr-animevideov3", tile_size: int = 256,
+                 max_output_pixels: int = MAX_IMAGE_PIXELS, device: str = "auto", threads: int | None = None,
                  vulkan_device: int | None = None):
-        if device not in ("auto", "gpu", "cpu"):
-            raise ValueError(f"device must be auto, gpu or cpu, not {device!r}")
         self.folder = Path(models_dir) / REALESRGAN_SUBDIR
         self.tile_size, self.max_output_pixels = tile_size, max_output_pixels
         self.threads, self.vulkan_device = threads, vulkan_device
-        self.use_gpu = device != "cpu" and ncnn.get_gpu_count() > 0
-        if device == "gpu" and not self.use_gpu:
-            raise RuntimeError("device gpu: ncnn finds no Vulkan GPU")
+        self.use_gpu = use_gpu(device, ncnn.get_gpu_count() > 0, "ncnn (Vulkan)")
         self._nets: dict[str, ncnn.Net] = {}
-        self.use(default_model)
+        self.use(model)
 
     def use(self, model: str) -> None:
         """Make `model` the default for requests that name none. Its networks are loaded first (on the device
         chosen above), so missing weights fail here, not a job; requests already running keep their model."""
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
-        if model != CLASSIC:
-            for scale in SCALES:
+        if model not in ENHANCEMENT_MODELS:
+            raise ValueError(f"model must be one of {', '.join(ENHANCEMENT_MODELS)}, not {model!r}")
+        if model != CLASSIC_ENHANCEMENT:
+            for scale in ENHANCEMENT_SCALES:
                 self._net(REALESRGAN_NETWORKS[model, scale])
-        self.default_model = model
+        self.model = model
 
     def _net(self, network: Network) -> ncnn.Net:
         if network.stem not in self._nets:
@@ -165,21 +160,21 @@ class Enhancer:
 
     def run(self, image_bytes: bytes | None, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
-        model = parameters.get("model") or self.default_model  # fixed now: a reconfigure leaves running requests be
+        model = parameters.get("model") or self.model  # fixed now: a reconfigure leaves running requests be
         yield progress_event(5, "Decoding image")
         image = open_image(image_bytes)
         scale = int(parameters.get("scale", 2))
         tile_size = int(parameters.get("tile_size") or self.tile_size)
-        if scale not in SCALES:
-            raise InvalidInput(f"scale must be 2 or 4, got {scale}")
-        if model not in MODELS:
-            raise InvalidInput(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+        if scale not in ENHANCEMENT_SCALES:
+            raise InvalidInput(f"scale must be one of {', '.join(map(str, ENHANCEMENT_SCALES))}, got {scale}")
+        if model not in ENHANCEMENT_MODELS:
+            raise InvalidInput(f"model must be one of {', '.join(ENHANCEMENT_MODELS)}, got {model!r}")
         if image.width * image.height * scale**2 > self.max_output_pixels:
             raise InvalidInput(f"a {scale}x enhancement of {image.width}x{image.height} exceeds the "
                                f"{self.max_output_pixels} output pixel limit")
         alpha = image.getchannel("A") if "A" in image.getbands() else None
         rgb = image.convert("RGB")
-        if model == CLASSIC:
+        if model == CLASSIC_ENHANCEMENT:
             yield progress_event(10, "Denoising, upscaling, sharpening")
             enhanced = classic_enhance(rgb, scale)
         else:
@@ -192,31 +187,31 @@ class Enhancer:
         yield result_event(enhanced, {
             "model": model,
             "scale": scale,
-            "tile_size": tile_size if model != CLASSIC else None,
+            "tile_size": tile_size if model != CLASSIC_ENHANCEMENT else None,
             "size": list(image.size),
             "output_size": list(enhanced.size),
-            "device": "vulkan" if self.use_gpu and model != CLASSIC else "cpu",
+            "device": "vulkan" if self.use_gpu and model != CLASSIC_ENHANCEMENT else "cpu",
             "inference_time": round(time.perf_counter() - started, 4),
         })
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class ImageEnhancement:
-    def __init__(self, default_model: str = "realesr-animevideov3", tile_size: int = 256,
-                 max_output_pixels: int = 4096 * 4096, device: str = "auto", threads: int | None = None):
+    def __init__(self, model: str = "realesr-animevideov3", tile_size: int = 256,
+                 max_output_pixels: int = MAX_IMAGE_PIXELS, device: str = "auto", threads: int | None = None):
         # Vulkan does not read CUDA_VISIBLE_DEVICES: pick the GPU that Ray assigned to this replica by its index.
         assigned = ray.get_gpu_ids()
-        self.initial_model = default_model
+        self.initial_model = model
         self.lock = threading.Lock()
-        self.enhancer = Enhancer(os.environ["MODELS_DIR"], default_model, tile_size, max_output_pixels, device,
+        self.enhancer = Enhancer(os.environ["MODELS_DIR"], model, tile_size, max_output_pixels, device,
                                  threads, vulkan_device=int(assigned[0]) if assigned else None)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """`user_config: {default_model: <name>}`: Serve calls this after __init__ and again, on the same replica,
-        when a redeploy changes only the user_config, so an operator switches the model without new replicas.
-        Without `default_model` the default goes back to the one the replica started with."""
-        model = user_config_choice(config, "default_model", self.initial_model, "ImageEnhancement")
-        if model != self.enhancer.default_model:
+        """`user_config: {model: <name>}`: Serve calls this after __init__ and again, on the same replica, when a
+        redeploy changes only the user_config, so an operator switches the model without new replicas.
+        Without `model` the default goes back to the one the replica started with."""
+        model = user_config_choice(config, "model", self.initial_model, "ImageEnhancement")
+        if model != self.enhancer.model:
             self.enhancer.use(model)
 
     async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",

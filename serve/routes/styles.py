@@ -1,13 +1,13 @@
 """The named styles a style_transfer task may ask for.
 
-The catalogue is static data in tasks/registry.py: the styles are fixed by the offline network's weights (their
-digest is pinned), and the same list validates `parameters.style` when a task is created.
+The styles are fixed by the offline network's weights (their digest is pinned): deployments/catalogue.py names them
+once, for this route, for the validation of `parameters.style` and for the model itself.
 """
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from tasks.registry import STYLE_NAMES
+from deployments.catalogue import STYLE_NAMES
 
 router = APIRouter(prefix="/api/v1/styles", tags=["styles"])
 

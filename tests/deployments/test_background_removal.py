@@ -1,15 +1,14 @@
 """The plain background-removal model, called directly (no Ray): judged on where the alpha lands."""
 
 import io
-from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.background_removal import MEDIAPIPE_SELFIE, BackgroundRemover
+from deployments.background_removal import BackgroundRemover
+from deployments.catalogue import BACKGROUND_MODELS, MEDIAPIPE_SELFIE
 from deployments.events import InvalidInput
-from tasks.registry import BackgroundModel
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
 
 
@@ -109,8 +108,7 @@ def test_every_model_the_api_accepts_is_a_rembg_model_or_the_person_segmenter():
     from rembg.sessions import sessions_class
 
     rembg_models = {session.name() for session in sessions_class}
-    accepted = set(get_args(BackgroundModel))
-    assert accepted - rembg_models == {MEDIAPIPE_SELFIE}
+    assert set(BACKGROUND_MODELS) - rembg_models == {MEDIAPIPE_SELFIE}
 
 
 # -- the deployment's user_config: switching the default model in place -----------------------------------------

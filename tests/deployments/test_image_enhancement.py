@@ -18,8 +18,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from deployments.events import InvalidInput
-from deployments.image_enhancement import MODELS, Enhancer
-from tasks.registry import MAX_ENHANCED_PIXELS, EnhancementModel, ImageEnhancementParameters
+from deployments.image_enhancement import Enhancer
 from tests.helpers import png_bytes
 
 ORIGINAL_SIDE = 256
@@ -117,16 +116,6 @@ def test_output_over_the_pixel_cap_is_invalid_input(settings, original):
         enhance(capped, shrunk(original, 2), scale=2)
 
 
-def test_the_api_checks_size_and_offers_the_models_own_choices():
-    assert set(EnhancementModel.__args__) == set(MODELS)
-    ImageEnhancementParameters(scale=4).check_input_size(1024, 1024)
-    with pytest.raises(ValueError, match=r"4x enhancement of 1025x1024 .* over the 16.8 M-pixel limit"):
-        ImageEnhancementParameters(scale=4).check_input_size(1025, 1024)
-    assert MAX_ENHANCED_PIXELS == 4096 * 4096
-    with pytest.raises(ValueError):
-        ImageEnhancementParameters(scale=3)
-
-
 def test_missing_weights_name_the_fetch_command(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="backendai models fetch"):
         Enhancer(tmp_path, "realesrgan-x4plus", device="cpu")
@@ -147,18 +136,18 @@ def deployment(settings, tmp_path: Path, monkeypatch):
         (tmp_path / REALESRGAN_SUBDIR / weights.name).symlink_to(weights)
     monkeypatch.setenv("MODELS_DIR", str(tmp_path))
     monkeypatch.setattr(ray, "get_gpu_ids", list)
-    return ImageEnhancement.func_or_class(default_model="realesr-animevideov3", tile_size=64, device="cpu",
+    return ImageEnhancement.func_or_class(model="realesr-animevideov3", tile_size=64, device="cpu",
                                            threads=1)
 
 
 def test_user_config_switches_the_default_model_and_back(deployment, original):
     low = shrunk(original, 2)
-    deployment.reconfigure({"default_model": "classic"})
+    deployment.reconfigure({"model": "classic"})
     _, metadata, _ = enhance(deployment.enhancer, low)
     assert metadata["model"] == "classic" and metadata["tile_size"] is None
     running = deployment.enhancer.run(png_bytes(low), {})
     next(running)  # started on classic: a reconfigure now does not change it
-    deployment.reconfigure({})  # no default_model: back to the one the replica started with
+    deployment.reconfigure({})  # no model: back to the one the replica started with
     *_, final = running
     assert final["result"]["metadata"]["model"] == "classic"
     _, metadata, _ = enhance(deployment.enhancer, low)
@@ -168,15 +157,15 @@ def test_user_config_switches_the_default_model_and_back(deployment, original):
 def test_an_unchanged_user_config_loads_nothing(deployment, tmp_path: Path):
     for weights in (tmp_path / "realesrgan").iterdir():
         weights.unlink()  # a reload would now fail
-    deployment.reconfigure({"default_model": "realesr-animevideov3"})
-    assert deployment.enhancer.default_model == "realesr-animevideov3"
+    deployment.reconfigure({"model": "realesr-animevideov3"})
+    assert deployment.enhancer.model == "realesr-animevideov3"
 
 
 def test_a_user_config_naming_a_missing_or_unknown_model_fails_and_keeps_the_current_one(deployment):
     with pytest.raises(FileNotFoundError, match="REALESRGAN_X4PLUS_UP4X.param.* missing"):
-        deployment.reconfigure({"default_model": "realesrgan-x4plus"})
+        deployment.reconfigure({"model": "realesrgan-x4plus"})
     with pytest.raises(ValueError, match="model must be one of"):
-        deployment.reconfigure({"default_model": "esrgan"})
-    with pytest.raises(ValueError, match="takes only `default_model`, not model"):
-        deployment.reconfigure({"model": "classic"})
-    assert deployment.enhancer.default_model == "realesr-animevideov3"
+        deployment.reconfigure({"model": "esrgan"})
+    with pytest.raises(ValueError, match="takes only `model`, not default_model"):
+        deployment.reconfigure({"default_model": "classic"})
+    assert deployment.enhancer.model == "realesr-animevideov3"

@@ -4,7 +4,6 @@ Stable Diffusion that `backendai models fetch` builds: judged on pixels, seeds, 
 import asyncio
 import io
 import logging
-import typing
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +15,6 @@ from safetensors.torch import load_file
 from deployments.diffusion import SCHEDULERS, build_tiny_stable_diffusion
 from deployments.events import InvalidInput
 from deployments.image_generation import GenerationQueue, GenerationRequest, ImageGenerator
-from tasks.registry import SchedulerName
 
 TINY_MODEL = "tiny-sd-random-noise"
 
@@ -76,7 +74,6 @@ def test_a_pipeline_call_refuses_requests_that_cannot_share_it(generator):
 
 
 def test_every_offered_scheduler_runs_and_is_recorded(generator):
-    assert set(typing.get_args(SchedulerName)) == set(SCHEDULERS)  # the registry offers exactly these
     for name in SCHEDULERS:
         request = _request(num_inference_steps=2, scheduler=name)
         (image,) = generator.generate([request])

@@ -16,8 +16,7 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from deployments.events import InvalidInput
-from deployments.style_transfer import BUILTIN_STYLES, Stylizer
-from tasks.registry import STYLE_NAMES, StyleTransferParameters
+from deployments.style_transfer import Stylizer
 from tests.helpers import png_bytes
 
 SIDE = 128
@@ -122,14 +121,6 @@ def test_both_a_named_style_and_a_style_image_is_invalid(stylizer, photo):
 def test_unknown_style_is_invalid_input(stylizer, photo):
     with pytest.raises(InvalidInput, match="unknown style"):
         stylize(stylizer, photo, style="van-gogh")
-
-
-def test_the_api_catalogue_is_the_models_own():
-    assert STYLE_NAMES == BUILTIN_STYLES
-    with pytest.raises(ValueError, match="unknown style"):
-        StyleTransferParameters(style="style-26")
-    with pytest.raises(ValueError, match="at least 32 pixels"):
-        StyleTransferParameters().check_input_size(16, 200)
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path: Path):

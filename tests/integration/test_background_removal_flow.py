@@ -4,14 +4,12 @@ handle → rembg → stored result → status/result endpoints → media URL."""
 import io
 import json
 import time
-from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.background_removal import MEDIAPIPE_SELFIE
-from tasks.registry import BackgroundModel
+from deployments.catalogue import BACKGROUND_MODELS, MEDIAPIPE_SELFIE
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of, published_events, wait_for
 
 pytestmark = pytest.mark.integration
@@ -117,7 +115,7 @@ def _removal(http, astronaut_png: bytes, **parameters) -> str:
 
 
 def _installed_models(settings) -> list[str]:
-    return [model for model in get_args(BackgroundModel)
+    return [model for model in BACKGROUND_MODELS
             if model == MEDIAPIPE_SELFIE or (settings.models_dir / "rembg" / f"{model}.onnx").is_file()]
 
 
@@ -137,7 +135,7 @@ def test_each_installed_model_removes_the_background(http, settings, astronaut_p
 
 
 def test_a_model_that_is_not_installed_fails_at_once_naming_its_file(http, settings, astronaut_png):
-    absent = next(model for model in get_args(BackgroundModel) if model not in _installed_models(settings))
+    absent = next(model for model in BACKGROUND_MODELS if model not in _installed_models(settings))
     status = wait_for(http, _removal(http, astronaut_png, model=absent), {"SUCCESS", "FAILURE"})
     assert status["status"] == "FAILURE" and f"{absent}.onnx" in status["error"]
     assert status["retry_count"] == 0
