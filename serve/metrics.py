@@ -20,7 +20,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.db import get_engine
-from tasks.models import AITask, TaskStatus, TaskType
+from tasks.models import AITask, TaskStatus
 from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
 
@@ -108,7 +108,7 @@ def _task_metrics() -> Iterator[Metric]:
     tasks = GaugeMetricFamily("backendai_tasks", "Tasks recorded in the database, by type and status.",
                               labels=["task_type", "status"])
     by_type_and_status = {(str(task_type), str(status)): count for task_type, status, count in counts}
-    for task_type in TaskType:
+    for task_type in TASK_SPECS:
         for status in TaskStatus:
             tasks.add_metric([task_type, status], by_type_and_status.get((task_type, status), 0))
     yield tasks
@@ -117,7 +117,7 @@ def _task_metrics() -> Iterator[Metric]:
                                       "Start-to-completion seconds of successful tasks (their processing_time).",
                                       labels=["task_type"])
     by_type = {str(task_type): (count, total, bucket_counts) for task_type, count, total, *bucket_counts in durations}
-    for task_type in TaskType:
+    for task_type in TASK_SPECS:
         count, total, bucket_counts = by_type.get(task_type, (0, 0.0, [0] * len(TASK_DURATION_BUCKETS_S)))
         buckets = [(floatToGoString(bound), int(at)) for bound, at in zip(TASK_DURATION_BUCKETS_S, bucket_counts,
                                                                           strict=True)]

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.models import TaskStatus, TaskType
+from tasks.models import TaskStatus
 
 
 class TaskCreated(BaseModel):
@@ -19,7 +19,7 @@ class TaskCreated(BaseModel):
 class TaskStatusOut(BaseModel):
     task_id: uuid.UUID
     id: uuid.UUID
-    task_type: TaskType
+    task_type: str
     status: TaskStatus
     progress: int
     message: str | None
@@ -48,7 +48,7 @@ class TaskResultData(BaseModel):
 class TaskResultOut(BaseModel):
     task_id: uuid.UUID
     id: uuid.UUID
-    task_type: TaskType
+    task_type: str
     status: TaskStatus
     prompt: str
     image_url: str | None
@@ -64,12 +64,19 @@ class TaskCancelled(BaseModel):
     message: str
 
 
+class UploadOut(BaseModel):
+    name: str
+    description: str
+    required: bool
+
+
 class TaskTypeOut(BaseModel):
-    task_type: TaskType
+    task_type: str
     queue: str
     requires_image: bool
     extra_images: list[str]
     required_extra_images: list[str]
+    uploads: list[UploadOut] = Field(description="Every image field it takes (`image` first), with what it is for.")
     parameters_schema: dict[str, Any]
 
 

@@ -1,9 +1,13 @@
 """Which task types this system serves: their queue, the Serve deployments (by name) that run them, their
 parameters and their inputs.
 
-A new task type is one file in deployments/, one entry here and one entry in config/serve*.yaml.
+A new task type is one file in deployments/, one register() call here (or in a module named in
+BACKENDAI_EXTRA_TASK_TYPES) and its application in config/serve*.yaml: the database, the API's upload fields, the
+CLI, the client and the web page all follow the registry (docs/architecture.md, Adding a task type).
 """
 
+import importlib
+import os
 import string
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -17,7 +21,9 @@ from deployments.catalogue import (
     MAX_IMAGE_PIXELS,
     MIN_STYLE_SIDE,
     SCHEDULERS,
+    STYLE_IMAGE,
     STYLE_NAMES,
+    TARGET_IMAGE,
 )
 from tasks.models import TaskType
 
@@ -153,57 +159,104 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Upload:
+    """An image field of the create form. `image` is the task's main input; any other reaches the deployments in
+    `extra_images` under its name."""
+
+    name: str
+    description: str  # what the picture is for: the API docs, the CLI's --help and the web page show it
+    required: bool = True
+
+
+IMAGE = "image"
+
+
+@dataclass(frozen=True)
 class TaskSpec:
-    task_type: TaskType
+    """A task type: everything the API, the consumers, the CLI and the web page need to know of it."""
+
+    task_type: str
     stages: tuple[Stage, ...]
     parameters: type[TaskParameters]
-    requires_image: bool
-    extra_images: tuple[str, ...] = ()  # further upload fields this type accepts: "target_image", "style_image"
-    required_extra_images: tuple[str, ...] = ()
+    uploads: tuple[Upload, ...] = ()  # `image` when the type takes one, then any further images
 
     @property
     def queue(self) -> str:
         """Its own Celery queue: one type's backlog never delays another's, and each deployment's backlog is the
         length of one Redis list (docs/architecture.md, Consumers)."""
-        return self.task_type.value
+        return self.task_type
+
+    @property
+    def requires_image(self) -> bool:
+        return any(upload.name == IMAGE and upload.required for upload in self.uploads)
+
+    @property
+    def extra_images(self) -> tuple[str, ...]:
+        return tuple(upload.name for upload in self.uploads if upload.name != IMAGE)
+
+    @property
+    def required_extra_images(self) -> tuple[str, ...]:
+        return tuple(upload.name for upload in self.uploads if upload.name != IMAGE and upload.required)
 
 
-TASK_SPECS: dict[TaskType, TaskSpec] = {
-    spec.task_type: spec
-    for spec in (
-        TaskSpec(
-            task_type=TaskType.BACKGROUND_REMOVAL,
-            stages=(Stage("background_removal", "BackgroundRemoval"),),
-            parameters=BackgroundRemovalParameters,
-            requires_image=True,
-        ),
-        TaskSpec(
-            task_type=TaskType.FACE_SWAP,
-            stages=(Stage("face_swap", "FaceSwap"),),
-            parameters=FaceSwapParameters,
-            requires_image=True,  # the source face
-            extra_images=("target_image",),
-            required_extra_images=("target_image",),
-        ),
-        TaskSpec(
-            task_type=TaskType.IMAGE_GENERATION,
-            stages=(Stage("prompt_refinement", "PromptRefinement", weight=1),
-                    Stage("image_generation", "ImageGeneration", weight=3)),
-            parameters=ImageGenerationParameters,
-            requires_image=False,
-        ),
-        TaskSpec(
-            task_type=TaskType.STYLE_TRANSFER,
-            stages=(Stage("style_transfer", "StyleTransfer"),),
-            parameters=StyleTransferParameters,
-            requires_image=True,
-            extra_images=("style_image",),
-        ),
-        TaskSpec(
-            task_type=TaskType.IMAGE_ENHANCEMENT,
-            stages=(Stage("image_enhancement", "ImageEnhancement"),),
-            parameters=ImageEnhancementParameters,
-            requires_image=True,
-        ),
-    )
-}
+TASK_SPECS: dict[str, TaskSpec] = {}
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Serve `spec`'s task type: the API accepts it and its uploads, `up` starts a consumer for its queue, the CLI and
+    the web page offer it. Registering a name twice is refused: two modules would be claiming one type."""
+    if spec.task_type in TASK_SPECS:
+        raise ValueError(f"task type {spec.task_type!r} is already registered")
+    TASK_SPECS[spec.task_type] = spec
+    return spec
+
+
+def extra_upload_fields() -> dict[str, str]:
+    """Every upload field beside `image` that a registered type takes, with what it is for in each type."""
+    fields: dict[str, list[str]] = {}
+    for spec in TASK_SPECS.values():
+        for upload in spec.uploads:
+            if upload.name != IMAGE:
+                fields.setdefault(upload.name, []).append(f"{spec.task_type}: {upload.description}")
+    return {name: "; ".join(descriptions) for name, descriptions in fields.items()}
+
+
+register(TaskSpec(
+    task_type=TaskType.BACKGROUND_REMOVAL,
+    stages=(Stage("background_removal", "BackgroundRemoval"),),
+    parameters=BackgroundRemovalParameters,
+    uploads=(Upload(IMAGE, "The picture to cut out."),),
+))
+register(TaskSpec(
+    task_type=TaskType.FACE_SWAP,
+    stages=(Stage("face_swap", "FaceSwap"),),
+    parameters=FaceSwapParameters,
+    uploads=(Upload(IMAGE, "The source face: the face to put in."),
+             Upload(TARGET_IMAGE, "The picture that receives the face.")),
+))
+register(TaskSpec(
+    task_type=TaskType.IMAGE_GENERATION,
+    stages=(Stage("prompt_refinement", "PromptRefinement", weight=1),
+            Stage("image_generation", "ImageGeneration", weight=3)),
+    parameters=ImageGenerationParameters,
+))
+register(TaskSpec(
+    task_type=TaskType.STYLE_TRANSFER,
+    stages=(Stage("style_transfer", "StyleTransfer"),),
+    parameters=StyleTransferParameters,
+    uploads=(Upload(IMAGE, "The photo to restyle."),
+             Upload(STYLE_IMAGE, "A picture whose style to apply, instead of a named style.", required=False)),
+))
+register(TaskSpec(
+    task_type=TaskType.IMAGE_ENHANCEMENT,
+    stages=(Stage("image_enhancement", "ImageEnhancement"),),
+    parameters=ImageEnhancementParameters,
+    uploads=(Upload(IMAGE, "The picture to upscale."),),
+))
+
+# Task types defined outside this file: the modules named in BACKENDAI_EXTRA_TASK_TYPES (comma-separated), each
+# calling register(). Imported here, when the registry is first read, so that every process (the API, each
+# consumer, `up`) started with that variable serves the same types (docs/architecture.md, Adding a task type).
+EXTRA_TASK_TYPES_VARIABLE = "BACKENDAI_EXTRA_TASK_TYPES"
+for _module in filter(None, (name.strip() for name in os.environ.get(EXTRA_TASK_TYPES_VARIABLE, "").split(","))):
+    importlib.import_module(_module)

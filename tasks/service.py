@@ -14,7 +14,7 @@ from tasks import progress
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import session_scope
-from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus, TaskType
+from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus
 from tasks.registry import TASK_SPECS
 from tasks.storage import Storage, get_storage
 
@@ -33,7 +33,7 @@ class TaskAlreadyFinished(Exception):
 class TaskRequest:
     """A validated create request."""
 
-    task_type: TaskType
+    task_type: str
     prompt: str
     parameters: dict[str, Any]
     image_png: bytes | None = None

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from serve.schemas import TaskTypeOut
+from serve.schemas import TaskTypeOut, UploadOut
 from tasks.registry import TASK_SPECS
 
 router = APIRouter(prefix="/api/v1/task-types", tags=["tasks"])
@@ -14,6 +14,8 @@ def list_task_types() -> list[TaskTypeOut]:
     return [
         TaskTypeOut(task_type=spec.task_type, queue=spec.queue, requires_image=spec.requires_image,
                     extra_images=list(spec.extra_images), required_extra_images=list(spec.required_extra_images),
+                    uploads=[UploadOut(name=upload.name, description=upload.description, required=upload.required)
+                             for upload in spec.uploads],
                     parameters_schema=spec.parameters.model_json_schema())
         for spec in TASK_SPECS.values()
     ]

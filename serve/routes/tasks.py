@@ -1,7 +1,9 @@
 """The seed's four task endpoints: create, status, result, cancel."""
 
+import inspect
 import json
 import unicodedata
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
@@ -17,8 +19,8 @@ from serve.forms import refuse_ambiguous_form
 from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
 from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
 from tasks import service
-from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType
-from tasks.registry import TASK_SPECS, TaskSpec
+from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
+from tasks.registry import TASK_SPECS, TaskSpec, extra_upload_fields
 from tasks.webhooks import WebhookRefused, check_webhook_url
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -33,12 +35,11 @@ CREATE_FORM_LIMITS = {"max_fields": 16, "max_files": 8, "max_part_size": FORM_PA
 
 
 def _spec_for(task_type: str) -> TaskSpec:
-    try:
-        parsed = TaskType(task_type)
-    except ValueError:
+    spec = TASK_SPECS.get(task_type)
+    if spec is None:
         raise ApiError(400, f"Unknown task_type {task_type!r}",
-                       {"task_type": f"choose one of: {', '.join(t.value for t in TaskType)}"}) from None
-    return TASK_SPECS[parsed]
+                       {"task_type": f"choose one of: {', '.join(TASK_SPECS)}"})
+    return spec
 
 
 def _checked_prompt(prompt: str | None, max_length: int) -> str:
@@ -84,8 +85,23 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
     return str(request.url_for("get_media", key=key))
 
 
+def _taking_registered_uploads(endpoint: Callable) -> Callable:
+    """Declare each upload that a registered task type takes beside `image` as an optional file field of the
+    endpoint, which receives them in `**uploads`: the API docs list them, and a new type's uploads need no code
+    here. Which of them a given task may send is its spec's to say."""
+    signature = inspect.signature(endpoint)
+    declared = [parameter for parameter in signature.parameters.values()
+                if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    fields = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=Annotated[UploadFile | None, File(description=description)])
+              for name, description in extra_upload_fields().items()]
+    endpoint.__signature__ = signature.replace(parameters=[*declared, *fields])
+    return endpoint
+
+
 @router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS,
              form_limits=CREATE_FORM_LIMITS)
+@_taking_registered_uploads
 async def create_task(
     settings: SettingsDep,
     caller: CallerDep,
@@ -95,14 +111,11 @@ async def create_task(
     prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
     image: Annotated[UploadFile | None, File(description="Input image (required by image tasks).")] = None,
     parameters: Annotated[str | None, Form(description="JSON object of per-type parameters.")] = None,
-    target_image: Annotated[UploadFile | None, File(description="face_swap: the image that receives the face "
-                                                                "(`image` is the source face).")] = None,
-    style_image: Annotated[UploadFile | None, File(description="style_transfer: an image whose style to "
-                                                               "apply.")] = None,
     webhook_url: Annotated[str | None, Form(max_length=2000, description="POSTed the outcome when the task "
                                             "finishes, signed (X-Backendai-Signature).")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Same key and body: the same "
                                                   "task again; same key, other body: 409.")] = None,
+    **uploads: UploadFile | None,
 ) -> TaskCreated:
     """Validate, store the input, record the task (PENDING) and queue it."""
     await refuse_ambiguous_form(request)
@@ -117,8 +130,7 @@ async def create_task(
     has_image = _submitted(image)
     if spec.requires_image and not has_image:
         raise ApiError(400, f"{spec.task_type} needs an image", {"image": "No file was submitted."})
-    extra_uploads = {name: upload for name, upload in (("target_image", target_image), ("style_image", style_image))
-                     if _submitted(upload)}
+    extra_uploads = {name: upload for name, upload in uploads.items() if _submitted(upload)}
     unexpected = sorted(extra_uploads.keys() - set(spec.extra_images))
     if unexpected:
         raise ApiError(400, f"{spec.task_type} does not take {', '.join(unexpected)}",
