@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serve.client import ApiRefused, BackendAIClient
 from tasks.config import get_settings
+from tasks.registry import upload_fields
 
 
 def _interrupt(*_: object) -> None:
@@ -81,13 +82,17 @@ def _parameters(args: argparse.Namespace) -> dict:
     return parameters
 
 
+def _uploads(args: argparse.Namespace) -> dict[str, Path]:
+    """The files given for the registry's upload fields (--image, --target-image, ...)."""
+    return {name: path for name in upload_fields() if (path := getattr(args, name)) is not None}
+
+
 def _submit(args: argparse.Namespace) -> int:
     """Create a task; with --wait follow its progress and save the result image."""
     with _client(args) as client:
         try:
-            created = client.create(args.task_type, args.prompt or args.task_type.replace("_", " "), args.image,
-                                    _parameters(args), target_image=args.target_image, style_image=args.style_image,
-                                    webhook_url=args.webhook_url)
+            created = client.create(args.task_type, args.prompt or args.task_type.replace("_", " "),
+                                    parameters=_parameters(args), webhook_url=args.webhook_url, **_uploads(args))
         except ApiRefused as refused:
             print(f"refused: {refused}", file=sys.stderr)
             return 1
@@ -209,9 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         submit = commands.add_parser(name, parents=[connection], help="create a task" + (
             "" if not waits else ", follow it and save the result (submit --wait)"))
         submit.add_argument("task_type")
-        submit.add_argument("--image", type=Path, help="input image (face_swap: the source face)")
-        submit.add_argument("--target-image", type=Path, help="face_swap: the image that receives the face")
-        submit.add_argument("--style-image", type=Path, help="style_transfer: an image whose style to apply")
+        for name, description in upload_fields().items():
+            submit.add_argument(f"--{name.replace('_', '-')}", type=Path, help=description)
         submit.add_argument("--prompt", help="prompt (defaults to the task type)")
         submit.add_argument("--parameters", default="{}", help="JSON object of parameters")
         submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="one parameter")

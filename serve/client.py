@@ -47,10 +47,11 @@ class BackendAIClient:
         return body
 
     def create(self, task_type: str, prompt: str, image: Image | None = None, parameters: dict | None = None,
-               target_image: Image | None = None, style_image: Image | None = None, webhook_url: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
-        files = {name: _file(name, value) for name, value in
-                 (("image", image), ("target_image", target_image), ("style_image", style_image)) if value}
+               webhook_url: str | None = None, idempotency_key: str | None = None,
+               **uploads: Image | None) -> dict[str, Any]:
+        """Create a task. `image` and any further upload the type takes (`target_image=`, `style_image=`, ...:
+        GET /api/v1/task-types/ lists them) are paths or bytes."""
+        files = {name: _file(name, value) for name, value in {"image": image, **uploads}.items() if value}
         data = {"task_type": task_type, "prompt": prompt, "parameters": json.dumps(parameters or {})}
         if webhook_url:
             data["webhook_url"] = webhook_url

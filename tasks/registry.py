@@ -164,7 +164,7 @@ class Upload:
     `extra_images` under its name."""
 
     name: str
-    description: str  # what the picture is for: the API docs, the CLI's --help and the web page show it
+    description: str  # what the picture is for, as a phrase: the API docs, the CLI's --help and the web page show it
     required: bool = True
 
 
@@ -211,13 +211,13 @@ def register(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def extra_upload_fields() -> dict[str, str]:
-    """Every upload field beside `image` that a registered type takes, with what it is for in each type."""
-    fields: dict[str, list[str]] = {}
+def upload_fields() -> dict[str, str]:
+    """Every upload field a registered type takes (`image` first), with what it is for in each type that takes it:
+    the create route's form fields and the CLI's options."""
+    fields: dict[str, list[str]] = {IMAGE: []}
     for spec in TASK_SPECS.values():
         for upload in spec.uploads:
-            if upload.name != IMAGE:
-                fields.setdefault(upload.name, []).append(f"{spec.task_type}: {upload.description}")
+            fields.setdefault(upload.name, []).append(f"{spec.task_type}: {upload.description}")
     return {name: "; ".join(descriptions) for name, descriptions in fields.items()}
 
 
@@ -225,14 +225,14 @@ register(TaskSpec(
     task_type=TaskType.BACKGROUND_REMOVAL,
     stages=(Stage("background_removal", "BackgroundRemoval"),),
     parameters=BackgroundRemovalParameters,
-    uploads=(Upload(IMAGE, "The picture to cut out."),),
+    uploads=(Upload(IMAGE, "the picture to cut out"),),
 ))
 register(TaskSpec(
     task_type=TaskType.FACE_SWAP,
     stages=(Stage("face_swap", "FaceSwap"),),
     parameters=FaceSwapParameters,
-    uploads=(Upload(IMAGE, "The source face: the face to put in."),
-             Upload(TARGET_IMAGE, "The picture that receives the face.")),
+    uploads=(Upload(IMAGE, "the source face, the face to put in"),
+             Upload(TARGET_IMAGE, "the picture that receives the face")),
 ))
 register(TaskSpec(
     task_type=TaskType.IMAGE_GENERATION,
@@ -244,14 +244,14 @@ register(TaskSpec(
     task_type=TaskType.STYLE_TRANSFER,
     stages=(Stage("style_transfer", "StyleTransfer"),),
     parameters=StyleTransferParameters,
-    uploads=(Upload(IMAGE, "The photo to restyle."),
-             Upload(STYLE_IMAGE, "A picture whose style to apply, instead of a named style.", required=False)),
+    uploads=(Upload(IMAGE, "the photo to restyle"),
+             Upload(STYLE_IMAGE, "a picture whose style to apply, instead of a named style", required=False)),
 ))
 register(TaskSpec(
     task_type=TaskType.IMAGE_ENHANCEMENT,
     stages=(Stage("image_enhancement", "ImageEnhancement"),),
     parameters=ImageEnhancementParameters,
-    uploads=(Upload(IMAGE, "The picture to upscale."),),
+    uploads=(Upload(IMAGE, "the picture to upscale"),),
 ))
 
 # Task types defined outside this file: the modules named in BACKENDAI_EXTRA_TASK_TYPES (comma-separated), each

@@ -20,7 +20,7 @@ from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, 
 from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
 from tasks import service
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
-from tasks.registry import TASK_SPECS, TaskSpec, extra_upload_fields
+from tasks.registry import IMAGE, TASK_SPECS, TaskSpec, upload_fields
 from tasks.webhooks import WebhookRefused, check_webhook_url
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -94,7 +94,7 @@ def _taking_registered_uploads(endpoint: Callable) -> Callable:
                 if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
     fields = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                 annotation=Annotated[UploadFile | None, File(description=description)])
-              for name, description in extra_upload_fields().items()]
+              for name, description in upload_fields().items() if name != IMAGE]
     endpoint.__signature__ = signature.replace(parameters=[*declared, *fields])
     return endpoint
 

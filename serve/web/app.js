@@ -14,14 +14,23 @@ async function loadTaskTypes() {
   showFields();
 }
 
+// One file input per upload the task type declares (GET /api/v1/task-types/), named as the API expects it.
+function uploadField(upload) {
+  const field = document.createElement("div");
+  const label = document.createElement("label");
+  label.htmlFor = upload.name;
+  const purpose = upload.description.charAt(0).toUpperCase() + upload.description.slice(1);
+  label.textContent = upload.required ? purpose : `${purpose} (optional)`;
+  const input = document.createElement("input");
+  Object.assign(input, { id: upload.name, name: upload.name, type: "file", accept: "image/*",
+                         required: upload.required });
+  field.append(label, input);
+  return field;
+}
+
 function showFields() {
   const spec = taskTypes.find((s) => s.task_type === $("task_type").value);
-  $("image-field").hidden = !spec.requires_image;
-  $("image").required = spec.requires_image;
-  $("image-label").textContent = spec.task_type === "face_swap" ? "Source face" : "Image";
-  $("target-field").hidden = !spec.extra_images.includes("target_image");
-  $("target_image").required = spec.required_extra_images.includes("target_image");
-  $("style-field").hidden = !spec.extra_images.includes("style_image");
+  $("uploads").replaceChildren(...spec.uploads.map(uploadField));
   const names = Object.keys(spec.parameters_schema.properties || {});
   $("parameters-hint").textContent = names.length ? `Accepted: ${names.join(", ")}` : "No parameters.";
 }
@@ -88,9 +97,8 @@ async function submit(event) {
   $("form-error").hidden = true;
   $("result-section").hidden = true;
   const form = new FormData($("task-form"));
-  for (const name of ["image", "target_image", "style_image"]) {
-    const file = form.get(name);
-    if (!file || !file.size) form.delete(name);
+  for (const [name, value] of [...form.entries()]) {
+    if (value instanceof File && !value.size) form.delete(name);  // a file input left empty
   }
   $("submit").disabled = true;
   try {
