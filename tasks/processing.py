@@ -1,5 +1,6 @@
 """`process_ai_task`: drive one job through its model deployment, by name, through a Ray Serve handle."""
 
+import itertools
 import logging
 import os
 import random
@@ -18,10 +19,11 @@ from tasks.consumer import RunningTask, Stop, supervisor
 from tasks.models import AITask
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
+from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
-# Task progress around the model's own 0..100: the seed's jobs report a little before and after the model.
+# Task progress around the model's own 0..100: a little is reported before the model starts and after it ends.
 MODEL_PROGRESS_START, MODEL_PROGRESS_END = 10, 90
 
 
@@ -63,6 +65,15 @@ def _read_input(storage: Storage, key: str) -> bytes:
         raise ValueError("the input image is no longer in storage") from None
 
 
+def stage_spans(stages: tuple[Stage, ...]) -> list[tuple[int, int]]:
+    """Each stage's stretch of the task's progress bar: the model's part of it, shared by the stages' weights."""
+    total = sum(stage.weight for stage in stages)
+    width = MODEL_PROGRESS_END - MODEL_PROGRESS_START
+    done = list(itertools.accumulate((stage.weight for stage in stages), initial=0))
+    return [(MODEL_PROGRESS_START + width * before // total, MODEL_PROGRESS_START + width * after // total)
+            for before, after in itertools.pairwise(done)]
+
+
 def _run_stages(task: AITask, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
     """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
     spec = TASK_SPECS[task.task_type]
@@ -70,13 +81,8 @@ def _run_stages(task: AITask, storage: Storage, running: RunningTask) -> tuple[d
     extra_images = {name: _read_input(storage, key) for name, key in (task.extra_inputs or {}).items()}
     prompt, parameters, metadata = task.prompt, dict(task.parameters), {}
     writer = progress.ProgressWriter(task.id)
-    total = sum(stage.weight for stage in spec.stages)
-    done = 0
-    for stage in spec.stages:
-        low = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
-        done += stage.weight
-        high = MODEL_PROGRESS_START + (MODEL_PROGRESS_END - MODEL_PROGRESS_START) * done // total
-        result = _stream_stage(running, stage, (low, high), writer, image=image, parameters=parameters,
+    for stage, span in zip(spec.stages, stage_spans(spec.stages), strict=True):
+        result = _stream_stage(running, stage, span, writer, image=image, parameters=parameters,
                                prompt=prompt, extra_images=extra_images)
         prompt = result.get("prompt", prompt)
         parameters.update(result.get("parameters", {}))
@@ -122,6 +128,12 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
         raise Reject(str(exc), requeue=True) from exc
 
 
+def _fail(task_id: uuid.UUID, error: str) -> None:
+    """FAILURE with `error`; when this write is the one that ended the task, its webhook is queued."""
+    if progress.fail(task_id, error):
+        notify_finished(task_id)
+
+
 def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     task_id = str(task_uuid)
     request = celery_task.request
@@ -129,6 +141,10 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     if task is None:
         log.info("task %s is finished, cancelled or running elsewhere: skipped", task_id)
         return {"status": "skipped", "task_id": task_id}
+    limit = get_settings().max_worker_losses
+    if task.worker_losses > limit:  # a poison task: it must not kill consumer after consumer
+        _fail(task_uuid, f"worker lost: the task ended its worker {task.worker_losses} times (limit {limit})")
+        return {"status": "failure", "task_id": task_id}
     log.info("processing task %s (%s)", task_id, task.task_type)
     storage = get_storage()
     try:
@@ -143,16 +159,18 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         except BaseException:
             storage.delete(result_key)  # the retried delivery stores its own: never an orphan
             raise
-        if not done:  # cancelled while saving: the result must not outlive the task
+        if done:
+            notify_finished(task_uuid)
+        else:  # cancelled while saving: the result must not outlive the task
             storage.delete(result_key)
         return {"status": "success" if done else "skipped", "task_id": task_id}
     except _Stopped as stopped:
         if not stopped.retry:
-            progress.fail(task_uuid, str(stopped))
+            _fail(task_uuid, str(stopped))
             return {"status": "stopped", "task_id": task_id}
         return _retry_or_fail(celery_task, task, stopped)
     except ValueError as exc:  # bad input (deployments raise InvalidInput, a ValueError): never retried
-        progress.fail(task_uuid, _error_message(exc))
+        _fail(task_uuid, _error_message(exc))
         return {"status": "failure", "task_id": task_id}
     except progress.DatabaseUnavailable:
         raise
@@ -166,7 +184,7 @@ def _retry_or_fail(celery_task, task: AITask, exc: Exception) -> dict[str, str]:
     error = str(exc) if isinstance(exc, _Stopped) else f"{type(cause).__name__}: {_error_message(exc)}"
     log.warning("task %s failed (attempt %d): %s", task_id, task.retry_count + 1, error)
     if task.retry_count >= task.max_retries:
-        progress.fail(task.id, error)
+        _fail(task.id, error)
         return {"status": "failure", "task_id": task_id}
     if progress.schedule_retry(task.id, task.retry_count + 1, error):
         raise celery_task.retry(exc=exc, countdown=_retry_countdown(task.retry_count), max_retries=None) from exc

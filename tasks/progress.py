@@ -2,6 +2,8 @@
 
 Every update after the claim is conditional on the row still being PROCESSING: a cancel (FAILURE) or a
 result written by another delivery of the same message wins, and this worker's later writes do nothing.
+These functions write state and publish it, nothing else: `succeed` and `fail` say whether they finished the task,
+and the caller that finished it queues its webhook (docs/architecture.md, The state machine).
 """
 
 import json
@@ -16,9 +18,8 @@ import sqlalchemy as sa
 
 from tasks.config import get_settings
 from tasks.db import session_scope
-from tasks.models import FINISHED_STATUSES, AITask, TaskStatus, utcnow
+from tasks.models import AITask, TaskStatus, utcnow
 from tasks.redis_client import redis_client
-from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
     changed = _with_retries(write)
     if changed:
         publish(task_id, **{k: v for k, v in values.items() if k in ("status", "progress", "message")})
-        if values.get("status") in FINISHED_STATUSES:
-            notify_finished(task_id)
     return changed
 
 
@@ -91,9 +90,9 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
     """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken).
 
     A delivery of the message that is already PROCESSING by another consumer means that consumer died mid-task
-    (its lease ran out and the message came back). That is counted, and past `max_worker_losses` the task ends
-    FAILURE instead of killing consumer after consumer. The same consumer claiming again (its first claim's answer
-    was lost with its connection) is no loss.
+    (its lease ran out and the message came back): that is counted in `worker_losses`, for the caller to end a
+    task that kills consumer after consumer. The same consumer claiming again (its first claim's answer was lost
+    with its connection) is no loss.
     """
     now = utcnow()
     runnable = AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
@@ -114,13 +113,8 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
             return session.get(AITask, task_id) if claimed else None
 
     task = _with_retries(write)
-    if task is None:
-        return None
-    limit = get_settings().max_worker_losses
-    if task.worker_losses > limit:
-        fail(task_id, f"worker lost: the task ended its worker {task.worker_losses} times (limit {limit})")
-        return None
-    publish(task_id, status=TaskStatus.PROCESSING, progress=5, message=WAITING_MESSAGE)
+    if task is not None:
+        publish(task_id, status=TaskStatus.PROCESSING, progress=5, message=WAITING_MESSAGE)
     return task
 
 
@@ -143,7 +137,8 @@ class ProgressWriter:
 
 
 def succeed(task_id: uuid.UUID, result_image: str, result_data: dict[str, Any], processing_time: float) -> bool:
-    """SUCCESS with the result; the last retry's error does not stay on a successful row."""
+    """SUCCESS with the result (True when this write ended the task); the last retry's error does not stay on a
+    successful row."""
     return _update(
         task_id, (TaskStatus.PROCESSING,), status=TaskStatus.SUCCESS, progress=100, message="Completed",
         result_image=result_image, result_data=result_data, completed_at=utcnow(), error_message=None,
@@ -158,6 +153,6 @@ def schedule_retry(task_id: uuid.UUID, retry_count: int, error: str) -> bool:
 
 def fail(task_id: uuid.UUID, error: str,
          only_if: tuple[TaskStatus, ...] = (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY)) -> bool:
-    """End the task FAILURE with `error` (the seed's cancel uses this too) unless it already finished."""
+    """End the task FAILURE with `error` (a cancel too) unless it already finished; True when this write ended it."""
     return _update(task_id, only_if, status=TaskStatus.FAILURE, error_message=error, message=error,
                    completed_at=utcnow())

@@ -17,6 +17,7 @@ from tasks.db import session_scope
 from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus
 from tasks.registry import TASK_SPECS
 from tasks.storage import Storage, get_storage
+from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def cancel_task(task: AITask) -> AITask:
         task.id, CANCELLED_MESSAGE, only_if=(TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY)
     ):
         raise TaskAlreadyFinished(task.status)
+    notify_finished(task.id)
     try:
         celery_app.control.revoke(task.celery_task_id)  # best effort: the worker's claim refuses it anyway
     except BrokerError as exc:

@@ -116,3 +116,14 @@ def test_a_state_write_survives_its_connection_being_killed(task, database):
     writer.join(15)
     assert done.is_set()
     assert _status(task).status == TaskStatus.SUCCESS
+
+
+def test_the_cancel_that_ends_a_task_queues_its_webhook_once(task, monkeypatch):
+    from tasks import service
+
+    queued = []
+    monkeypatch.setattr(service, "notify_finished", queued.append)
+    service.cancel_task(task)
+    with pytest.raises(service.TaskAlreadyFinished):
+        service.cancel_task(_status(task))
+    assert queued == [task.id]
