@@ -215,7 +215,7 @@ class Probes:
 
 @dataclass
 class Backlog:
-    """The tasks submitted at once: tiny generations (a few steps, small images) and style transfers."""
+    """The tasks submitted at once: generations on the tiny random-weight model, and style transfers."""
 
     generations: int
     styles: int
