@@ -1,16 +1,13 @@
-"""`backendai`: run the stack, run one job through the API, fetch weights, migrate the database."""
+"""`backendai`: run the stack, run and follow tasks through the API (serve/task_commands.py), fetch weights,
+migrate the database, manage API keys."""
 
 import argparse
-import json
-import os
 import signal
 import sys
 import time
-from pathlib import Path
 
-from serve.client import ApiRefused, BackendAIClient
+from serve.task_commands import add_commands
 from tasks.config import get_settings
-from tasks.registry import upload_fields
 
 
 def _interrupt(*_: object) -> None:
@@ -59,81 +56,6 @@ def _up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def _progress_line(status: dict) -> str:
-    done = int(status.get("progress") or 0)
-    bar = "#" * (done // 5) + "-" * (20 - done // 5)
-    waiting = f" ({status['queue_position']} ahead)" if status.get("queue_position") is not None else ""
-    return f"\r[{bar}] {done:3d}% {status['status']:<10} {status.get('message') or ''}{waiting}"[:100].ljust(100)
-
-
-def _client(args: argparse.Namespace) -> BackendAIClient:
-    return BackendAIClient(args.api, api_key=args.api_key)
-
-
-def _parameters(args: argparse.Namespace) -> dict:
-    """--parameters JSON, then each --param key=value on top (values parsed as JSON when they are JSON)."""
-    parameters = json.loads(args.parameters)
-    for pair in args.param:
-        key, _, value = pair.partition("=")
-        try:
-            parameters[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parameters[key] = value
-    return parameters
-
-
-def _uploads(args: argparse.Namespace) -> dict[str, Path]:
-    """The files given for the registry's upload fields (--image, --target-image, ...)."""
-    return {name: path for name in upload_fields() if (path := getattr(args, name)) is not None}
-
-
-def _submit(args: argparse.Namespace) -> int:
-    """Create a task; with --wait follow its progress and save the result image."""
-    with _client(args) as client:
-        try:
-            created = client.create(args.task_type, args.prompt or args.task_type.replace("_", " "),
-                                    parameters=_parameters(args), webhook_url=args.webhook_url, **_uploads(args))
-        except ApiRefused as refused:
-            print(f"refused: {refused}", file=sys.stderr)
-            return 1
-        task_id = created["task_id"]
-        print(f"task {task_id} queued")
-        if not args.wait:
-            return 0
-        final = client.wait(task_id, on_status=lambda s: print(_progress_line(s), end="", flush=True),
-                            timeout_s=args.timeout)
-        print()
-        if final["status"] != "SUCCESS":
-            print(f"failed: {final.get('error_message') or final['status']}", file=sys.stderr)
-            return 1
-        result = client.result(task_id)
-        image = client.download(result["result"]["image_url"])
-        args.output.write_bytes(image)
-        print(f"saved {args.output} ({len(image)} bytes) in {result['processing_time']:.2f} s; "
-              f"metadata {json.dumps(result['result']['metadata'])}")
-        return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        try:
-            print(json.dumps(client.status(args.task_id), indent=2))
-        except ApiRefused as refused:
-            print(f"refused: {refused}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        try:
-            print(client.cancel(args.task_id)["message"])
-        except ApiRefused as refused:
-            print(f"refused: {refused}", file=sys.stderr)
-            return 1
-    return 0
-
-
 def _models_fetch(_: argparse.Namespace) -> int:
     from deployments.weights import fetch_weights, missing_weights
 
@@ -146,6 +68,16 @@ def _models_fetch(_: argparse.Namespace) -> int:
 def _db_upgrade(_: argparse.Namespace) -> int:
     _migrated()
     print(f"database at {get_settings().effective_database_url} is at the newest schema")
+    return 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    from tasks.reaper import reap
+
+    report = reap(grace_s=args.grace)
+    print(f"re-published {len(report.republished)} lost tasks, failed {len(report.failed)} whose retries were spent"
+          + (f"; queues too long to scan this time: {', '.join(report.skipped_queues)}" if report.skipped_queues
+             else ""))
     return 0
 
 
@@ -204,33 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also start Flower, Celery's monitoring UI, on PORT (default 5555)")
     up.set_defaults(handler=_up)
 
-    api_url = f"http://{get_settings().api_host}:{get_settings().api_port}"
-    connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--api", default=api_url, help=f"API base URL (default {api_url})")
-    connection.add_argument("--api-key", default=os.environ.get("BACKENDAI_API_KEY"),
-                            help="API key (default $BACKENDAI_API_KEY)")
-
-    for name, waits in (("submit", False), ("run", True)):
-        submit = commands.add_parser(name, parents=[connection], help="create a task" + (
-            "" if not waits else ", follow it and save the result (submit --wait)"))
-        submit.add_argument("task_type")
-        for name, description in upload_fields().items():
-            submit.add_argument(f"--{name.replace('_', '-')}", type=Path, help=description)
-        submit.add_argument("--prompt", help="prompt (defaults to the task type)")
-        submit.add_argument("--parameters", default="{}", help="JSON object of parameters")
-        submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="one parameter")
-        submit.add_argument("--webhook-url", help="POSTed the outcome when the task finishes")
-        submit.add_argument("--wait", action="store_true", default=waits, help="follow progress, save the result")
-        submit.add_argument("-o", "--output", type=Path, default=Path("result.png"))
-        submit.add_argument("--timeout", type=float, default=600)
-        submit.set_defaults(handler=_submit)
-
-    status = commands.add_parser("status", parents=[connection], help="show a task's status JSON")
-    status.add_argument("task_id")
-    status.set_defaults(handler=_status)
-    cancel = commands.add_parser("cancel", parents=[connection], help="cancel a pending or running task")
-    cancel.add_argument("task_id")
-    cancel.set_defaults(handler=_cancel)
+    add_commands(commands)
 
     models = commands.add_parser("models", help="model weights").add_subparsers(dest="action", required=True)
     models.add_parser("fetch", help="fetch missing offline weights into MODELS_DIR").set_defaults(
@@ -238,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="migrate the schema to the newest revision").set_defaults(handler=_db_upgrade)
+
+    reap = commands.add_parser("reap", help="re-publish tasks whose queue message was lost (beat runs this too)")
+    reap.add_argument("--grace", type=float, help="seconds a row must be untouched (default REAP_GRACE_S)")
+    reap.set_defaults(handler=_reap)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key (printed once; stored hashed)")

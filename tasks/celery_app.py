@@ -15,7 +15,7 @@ HOUSEKEEPING_QUEUE = "cpu"
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("backendai", broker=settings.effective_redis_url, backend=settings.effective_redis_url,
-                 include=["tasks.processing", "tasks.expiry", "tasks.webhooks"])
+                 include=["tasks.processing", "tasks.expiry", "tasks.webhooks", "tasks.reaper"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -45,6 +45,8 @@ def create_celery() -> Celery:
         beat_schedule={
             "expire-old-tasks": {"task": "tasks.expire_old_tasks", "schedule": float(settings.expiry_interval_s),
                                  "options": {"queue": HOUSEKEEPING_QUEUE}},
+            "reap-lost-tasks": {"task": "tasks.reap_lost_tasks", "schedule": float(settings.reap_interval_s),
+                                "options": {"queue": HOUSEKEEPING_QUEUE}},
         },
     )
     return app

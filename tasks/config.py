@@ -82,6 +82,9 @@ class Settings(BaseSettings):
         default=1800.0, description="Longest wait for a replica to take a request (scale from zero: a node boots, "
                                     "weights load) before the task is retried with backoff.")
     progress_min_interval_s: float = Field(default=0.5, description="Throttle for progress row writes.")
+    reap_interval_s: int = Field(default=60, description="How often beat runs the reaper (tasks/reaper.py).")
+    reap_grace_s: int = Field(default=120, description="A non-final row untouched this long whose message is "
+                                                       "nowhere in Redis is re-published by the reaper.")
 
     @property
     def effective_database_url(self) -> str:
