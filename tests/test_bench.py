@@ -1,7 +1,20 @@
-"""The benchmark's own logic, without a stack: profile parsing and the page it writes (scripts/bench)."""
+"""The benchmark's own logic, without a stack: process roles, profile parsing, the target figures and the page it
+writes (scripts/bench)."""
 
-from scripts.bench.profiling import below, own_by_package, parse_raw, top_frames
-from scripts.bench.report import BEGIN, END, write_section
+from scripts.bench import target
+from scripts.bench.processes import (
+    POSTGRES_OURS,
+    POSTGRES_SERVER,
+    RAY_SYSTEM,
+    SERVE_CONTROLLER,
+    STACK_PARTS,
+    postgres_role,
+    ray_role,
+    stack_role,
+)
+from scripts.bench.profiling import below, own_by_package, parse_raw, thread_group, top_frames
+from scripts.bench.report import BEGIN, END, CreateRun, Drain, Outcome, Results, TargetRun, render, write_section
+from scripts.bench.stats import Summary
 
 RAW = """\
 process 10:"celery worker";process 11:"celery worker";thread (11): MainThread;main (celery/bin.py:1);\
@@ -34,3 +47,52 @@ def test_the_page_keeps_other_sections_and_replaces_only_its_block(tmp_path):
     text = page.read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1 and "first" not in text
     assert text.index("Intro.") < text.index("second") < text.index("## Image generation\n\nTheir table.\n")
+
+
+def test_processes_are_named_by_role_for_the_new_stack():
+    assert stack_role("consumer-style_transfer").startswith("consumer style_transfer")
+    assert stack_role("api") == STACK_PARTS["api"] and stack_role("housekeeping") == STACK_PARTS["housekeeping"]
+    assert ray_role("ray::ServeReplica:style_transfer:StyleTransfer.handle_request") == (
+        "replica style_transfer:StyleTransfer")
+    assert ray_role("ray::ServeController") == SERVE_CONTROLLER and ray_role("raylet --x") == RAY_SYSTEM
+
+
+def test_only_the_benchmarks_postgres_backends_are_its_own():
+    ours = "backendai_bench_0123456789"
+    assert postgres_role(f"postgres: 15/main: postgres {ours} 127.0.0.1(5432) idle", ours) == POSTGRES_OURS
+    assert postgres_role(f"postgres: postgres {ours} [local] UPDATE", ours) == POSTGRES_OURS
+    assert postgres_role("postgres: 15/main: postgres postgres 127.0.0.1(34848) idle", ours) is None
+    assert postgres_role("postgres: 15/main: walwriter", ours) == POSTGRES_SERVER
+    assert postgres_role("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main", ours) == POSTGRES_SERVER
+
+
+def test_thread_names_group_a_pools_threads():
+    assert [thread_group(name) for name in ("worker.io3", "grpc_global_tim", "ThreadPool-12", "42")] == [
+        "worker.io", "grpc_global_tim", "ThreadPool", "42"]
+
+
+def test_an_outcome_counts_unfinished_and_missing_rows_as_lost():
+    outcome = Outcome(10, {"SUCCESS": 6, "PENDING": 1, "RETRY": 1, "FAILURE": 1})
+    assert (outcome.missing, outcome.left, outcome.failed, outcome.clean) == (1, 3, 1, False)
+    assert Outcome(2, {"SUCCESS": 2}).clean and "no row" not in str(Outcome(2, {"SUCCESS": 2}))
+
+
+def _target_run(creates_per_s: float, drain_s: float, latency_s: float) -> TargetRun:
+    def steady(seconds: float) -> Summary:
+        return Summary.of([seconds] * 3)
+
+    done = Outcome(1000, {"SUCCESS": 1000})
+    return TargetRun(CreateRun("the stack's API", 8, steady(0.05), creates_per_s, 0.004), done,
+                     Drain(drain_s, done, {"API (uvicorn)": 0.01}, created_s=drain_s / 2), steady(latency_s),
+                     steady(latency_s + 0.03), Outcome(200, {"SUCCESS": 200}))
+
+
+def test_the_target_figures_are_judged_against_their_targets_with_the_old_designs_beside():
+    section = render(Results("today", "2 cores", "python -m scripts.bench --only target", "near-zero",
+                             target=_target_run(150.0, 1000 / 55, 0.0185)))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| (")}
+    assert "**met**" in rows["(a) creates/s, 500 POSTs from 8 clients, consumers live"]
+    assert "**55.0**" in rows[target.DRAIN_PER_S.name] and "**missed**" in rows[target.DRAIN_PER_S.name]
+    assert "**18.5**" in rows[target.LATENCY_MS.name] and "**met**" in rows[target.LATENCY_MS.name]
+    assert "57.0–62.5" in rows[target.DRAIN_PER_S.name] and "| 26.6 |" in rows[target.DRAIN_PER_S.name]
+    assert "Lost 0, failed 0" in section and "target drain (b)" in section

