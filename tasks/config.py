@@ -53,7 +53,7 @@ class Settings(BaseSettings):
 
     # Access.
     api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")
-    rate_limit_per_minute: int = Field(default=600, description="Requests per minute per key (or per client "
+    rate_limit_per_minute: int = Field(default=6000, description="Requests per minute per key (or per client "
                                        "address without a key); 0 turns the limit off.")
 
     # Webhooks.
