@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from serve.errors import install_error_handlers
 from serve.limits import RequestLimitsMiddleware
@@ -12,9 +13,13 @@ from tasks.config import get_settings
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc from bundled files: they work without internet access (air-gapped clusters, trains).
+    app = FastAPIOffline(
         title="backendai",
         summary="AI image jobs over REST: queued with Celery on Redis, run on Ray Serve deployments.",
+        description="Create a task, follow it (`status`, `events`), fetch its `result`. Send your API key as "
+                    "`Authorization: Bearer <key>` or `X-API-Key` when the server gives you one; the web page at `/` "
+                    "and the `backendai` CLI use this same API.",
         version="0.1.0",
     )
     install_error_handlers(app)

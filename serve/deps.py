@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from serve.errors import ApiError
 from tasks import keys
@@ -34,13 +35,21 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
     return credentials.strip() if scheme.lower() == "bearer" else None
 
 
+# Declared for the OpenAPI document (the security schemes clients and Swagger's "Authorize" use); the headers are
+# read by presented_key, which treats a blank key as a wrong one where these would treat it as none.
+KEY_DESCRIPTION = "An API key from `backendai keys create`; optional unless the server sets API_KEYS_REQUIRED."
+BEARER_SCHEME = HTTPBearer(auto_error=False, scheme_name="BearerKey", description=KEY_DESCRIPTION)
+HEADER_SCHEME = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKeyHeader",
+                             description=KEY_DESCRIPTION)
+
+
 def _caller(
     request: Request,
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(description="API key (or `Authorization: Bearer <key>`).")] = None,
+    _bearer: Annotated[object, Security(BEARER_SCHEME)],
+    _header: Annotated[object, Security(HEADER_SCHEME)],
 ) -> Caller:
-    presented = presented_key(authorization, x_api_key)
+    presented = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
     key = keys.find_key(presented) if presented else None
     if presented is not None and key is None:
         raise ApiError(401, "Invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})

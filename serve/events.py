@@ -55,3 +55,25 @@ async def live_status(task_id: uuid.UUID, request: Request,
     finally:
         await pubsub.aclose()
         await client.aclose()
+
+
+async def wait_until_finished(task_id: uuid.UUID, timeout_s: float) -> AITask | None:
+    """The finished task once its channel says it finished (the row is re-read then, and every RECHECK_S in case a
+    message was lost), or None after `timeout_s`."""
+    client = aioredis.Redis.from_url(get_settings().effective_redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"{CHANNEL_PREFIX}{task_id}")  # before the first read, so no change falls between
+    deadline = time.monotonic() + timeout_s
+    try:
+        task = await run_in_threadpool(get_task, task_id)
+        while task is not None and task.status not in FINISHED_STATUSES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, RECHECK_S))
+            if message is None or json.loads(message["data"]).get("status") in FINISHED_STATUSES:
+                task = await run_in_threadpool(get_task, task_id)
+        return task
+    finally:
+        await pubsub.aclose()
+        await client.aclose()

@@ -20,7 +20,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.db import get_engine
-from tasks.models import AITask, TaskStatus
+from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
 from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry()
 # Requests that match no route (404s of arbitrary paths) share one label value instead of one series per path.
 UNMATCHED_ROUTE = "<unmatched>"
-# From a quick background removal (~0.3 s) to the seed's hard time limit (600 s).
+# From a quick background removal (~0.3 s) to the default hard time limit (600 s).
 TASK_DURATION_BUCKETS_S = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUES = sorted({spec.queue for spec in TASK_SPECS.values()})
 
@@ -95,13 +95,17 @@ def _queue_metrics() -> Iterator[Metric]:
 
 
 def _task_metrics() -> Iterator[Metric]:
-    """Two GROUP BY queries over ai_tasks; every type and status is reported, zero included, so that a series
+    """Three GROUP BY queries over ai_tasks; every type and status is reported, zero included, so that a series
     exists before its first task and `increase()` sees the first one."""
     duration = AITask.processing_time
     at_most = [sa.func.sum(sa.case((duration <= bound, 1), else_=0)) for bound in TASK_DURATION_BUCKETS_S]
     with get_engine().connect() as connection:
         counts = connection.execute(sa.select(AITask.task_type, AITask.status, sa.func.count())
                                     .group_by(AITask.task_type, AITask.status)).all()
+        cancelled = connection.execute(sa.select(AITask.task_type, sa.func.count())
+                                       .where(AITask.status == TaskStatus.FAILURE,
+                                              AITask.error_message == CANCELLED_MESSAGE)
+                                       .group_by(AITask.task_type)).all()
         durations = connection.execute(sa.select(AITask.task_type, sa.func.count(), sa.func.sum(duration), *at_most)
                                        .where(duration.is_not(None)).group_by(AITask.task_type)).all()
 
@@ -112,6 +116,14 @@ def _task_metrics() -> Iterator[Metric]:
         for status in TaskStatus:
             tasks.add_metric([task_type, status], by_type_and_status.get((task_type, status), 0))
     yield tasks
+
+    # Cancels are FAILURE rows in the v1 contract; failures proper are backendai_tasks{status="FAILURE"} minus these.
+    cancels = GaugeMetricFamily("backendai_tasks_cancelled", "Tasks cancelled by their owner, by type (counted in "
+                                "backendai_tasks as FAILURE too).", labels=["task_type"])
+    cancelled_by_type = {str(task_type): count for task_type, count in cancelled}
+    for task_type in TASK_SPECS:
+        cancels.add_metric([task_type], cancelled_by_type.get(task_type, 0))
+    yield cancels
 
     histogram = HistogramMetricFamily("backendai_task_processing_seconds",
                                       "Start-to-completion seconds of successful tasks (their processing_time).",

@@ -12,10 +12,11 @@ import string
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.catalogue import (
     BACKGROUND_MODELS,
+    CLASSIC_ENHANCEMENT,
     ENHANCEMENT_MODELS,
     ENHANCEMENT_SCALES,
     MAX_IMAGE_PIXELS,
@@ -36,6 +37,10 @@ class TaskParameters(BaseModel):
     def check_input_size(self, width: int, height: int) -> None:
         """Refuse (ValueError with a clear message) an input these parameters cannot process, e.g. an upscale
         whose output would exceed the pixel cap. The API calls it once the image is read."""
+
+    def check_uploads(self, uploads: frozenset[str]) -> None:
+        """Refuse (ValueError) parameters that contradict the extra uploads sent with them, so that the task never
+        silently ignores half of what it was asked."""
 
 
 # Which background models are installed is known only where the models are: an absent one fails the task at once,
@@ -66,6 +71,12 @@ class BackgroundRemovalParameters(TaskParameters):
             colour = [*colour, 255]
         return colour
 
+    @model_validator(mode="after")
+    def _one_background(self) -> "BackgroundRemovalParameters":
+        if self.return_mask and self.bgcolor is not None:
+            raise ValueError("return_mask returns the mask alone, so bgcolor would be ignored: send one of them")
+        return self
+
 
 class FaceSwapParameters(TaskParameters):
     """`image` is the source (the face to put in), `target_image` the picture that receives it. Faces are counted
@@ -77,6 +88,13 @@ class FaceSwapParameters(TaskParameters):
     target_face_index: int = Field(default=0, ge=0, description="Which face of the target image to replace.")
     swap_all_faces: bool = Field(default=False, description="Replace every face of the target with the source face "
                                                             "(target_face_index is then ignored).")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "FaceSwapParameters":
+        if self.swap_all_faces and self.target_face_index:
+            raise ValueError("swap_all_faces replaces every face, so target_face_index would be ignored: send one "
+                             "of them")
+        return self
 
 
 SchedulerName = Literal[tuple(SCHEDULERS)]
@@ -118,6 +136,10 @@ class StyleTransferParameters(TaskParameters):
                              f"{STYLE_NAMES[-1]})")
         return style
 
+    def check_uploads(self, uploads: frozenset[str]) -> None:
+        if self.style is not None and STYLE_IMAGE in uploads:
+            raise ValueError("give either parameters.style (a named style) or a style_image upload, not both")
+
     def check_input_size(self, width: int, height: int) -> None:
         if min(width, height) < MIN_STYLE_SIDE:
             raise ValueError(f"style transfer needs at least {MIN_STYLE_SIDE} pixels on each side, got "
@@ -136,6 +158,13 @@ class ImageEnhancementParameters(TaskParameters):
                                   "grows with its square. The deployment's default when unset.")
     local_contrast: bool = Field(default=False, description="CLAHE on the result's lightness: more detail in flat "
                                                             "or hazy areas.")
+
+    @model_validator(mode="after")
+    def _tiles_need_a_network(self) -> "ImageEnhancementParameters":
+        if self.model == CLASSIC_ENHANCEMENT and self.tile_size is not None:
+            raise ValueError("the classic model works on the whole image, so tile_size would be ignored: send one "
+                             "of them")
+        return self
 
     def check_input_size(self, width: int, height: int) -> None:
         out_width, out_height = width * self.scale, height * self.scale
@@ -171,6 +200,9 @@ class Upload:
 IMAGE = "image"
 
 
+PromptUse = Literal["required", "optional", "unused"]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task type: everything the API, the consumers, the CLI and the web page need to know of it."""
@@ -179,6 +211,9 @@ class TaskSpec:
     stages: tuple[Stage, ...]
     parameters: type[TaskParameters]
     uploads: tuple[Upload, ...] = ()  # `image` when the type takes one, then any further images
+    # What the prompt is to this type: "required" (its only input), "optional" (it steers some deployments, e.g.
+    # img2img style transfer) or "unused". The API's v1 form still requires some text: clients fill one in.
+    prompt: PromptUse = "unused"
 
     @property
     def queue(self) -> str:
@@ -239,6 +274,7 @@ register(TaskSpec(
     stages=(Stage("prompt_refinement", "PromptRefinement", weight=1),
             Stage("image_generation", "ImageGeneration", weight=3)),
     parameters=ImageGenerationParameters,
+    prompt="required",
 ))
 register(TaskSpec(
     task_type=TaskType.STYLE_TRANSFER,
@@ -246,6 +282,7 @@ register(TaskSpec(
     parameters=StyleTransferParameters,
     uploads=(Upload(IMAGE, "the photo to restyle"),
              Upload(STYLE_IMAGE, "a picture whose style to apply, instead of a named style", required=False)),
+    prompt="optional",  # an img2img deployment repaints guided by it
 ))
 register(TaskSpec(
     task_type=TaskType.IMAGE_ENHANCEMENT,

@@ -5,6 +5,8 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,12 +16,15 @@ from tasks import progress
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import session_scope
-from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus
+from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus, TaskType, utcnow
 from tasks.registry import TASK_SPECS
 from tasks.storage import Storage, get_storage
 from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
+
+
+DELETED_MESSAGE = "Deleted by user"
 
 
 class QueueUnavailable(Exception):
@@ -129,32 +134,134 @@ def get_task(task_id: uuid.UUID) -> AITask | None:
 
 @dataclass(frozen=True)
 class QueueEstimate:
-    position: int  # tasks ahead of this one on its Celery queue
-    eta_seconds: float | None  # (position + 1) x the median recent duration of this task type
+    position: int  # tasks ahead of this one: queued before it, or (waiting for a replica) claimed before it
+    eta_seconds: float | None  # when it may be done; None before any task of its type has finished
+
+
+@lru_cache(maxsize=4096)
+def _png_pixels(key: str) -> int | None:
+    """Pixels of a stored input, from its PNG header (inputs are always stored as PNG); None once deleted. Cached:
+    a stored file never changes."""
+    try:
+        header = get_storage().read_head(key, 24)
+    except (FileNotFoundError, ValueError):
+        return None
+    if header[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(header[16:20], "big") * int.from_bytes(header[20:24], "big")
+
+
+def _job_units(task: AITask) -> float | None:
+    """How much work a task is, in units whose cost per second is stable for its type: output pixels x steps for
+    generation, output pixels for enhancement, the picture's pixels otherwise (face swap: the target's)."""
+    parameters = task.parameters or {}
+    if task.task_type == TaskType.IMAGE_GENERATION:
+        return parameters.get("width", 512) * parameters.get("height", 512) * parameters.get("num_inference_steps", 30)
+    key = (task.extra_inputs or {}).get("target_image") or task.input_image
+    pixels = _png_pixels(key) if key else None
+    if pixels is None:
+        return None
+    return pixels * parameters.get("scale", 2) ** 2 if task.task_type == TaskType.IMAGE_ENHANCEMENT else pixels
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
-    """Where a waiting task stands: tasks queued before it on the same queue, and when it may be done."""
-    queue = TASK_SPECS[task.task_type].queue
-    same_queue = [task_type for task_type, spec in TASK_SPECS.items() if spec.queue == queue]
+    """Where a task that is not running yet stands on its type's queue, and when it may be done.
+
+    The work ahead (tasks queued before it at the median duration, the remainder of those already claimed) is
+    shared by as many slots as tasks are running now (at least one), then this task's own duration follows,
+    scaled by its size from the recent seconds per unit of work of its type.
+    """
     waiting = (TaskStatus.PENDING, TaskStatus.RETRY)
+    same_type = AITask.task_type == task.task_type
+    claimed = sa.and_(same_type, AITask.status == TaskStatus.PROCESSING, AITask.id != task.id)
+    if task.status == TaskStatus.PROCESSING:  # claimed but waiting for a replica: behind those claimed earlier
+        ahead_query = sa.and_(claimed, AITask.message == progress.WAITING_MESSAGE,
+                              AITask.started_at < task.started_at)
+        claimed = sa.and_(claimed, AITask.started_at < task.started_at)
+    else:
+        ahead_query = sa.and_(same_type, AITask.status.in_(waiting), AITask.created_at < task.created_at)
     with session_scope() as session:
-        ahead = session.exec(sa.select(sa.func.count()).select_from(AITask).where(
-            AITask.task_type.in_(same_queue), AITask.status.in_(waiting), AITask.created_at < task.created_at,
-        )).scalar_one()
-        durations = sorted(session.exec(
-            sa.select(AITask.processing_time).where(AITask.task_type == task.task_type,
-                                                    AITask.status == TaskStatus.SUCCESS,
-                                                    AITask.processing_time.is_not(None))
+        ahead = session.exec(sa.select(sa.func.count()).select_from(AITask).where(ahead_query)).scalar_one()
+        running = session.exec(sa.select(AITask.progress, AITask.message).where(claimed)).all()
+        finished = session.exec(
+            sa.select(AITask).where(same_type, AITask.status == TaskStatus.SUCCESS,
+                                    AITask.processing_time.is_not(None))
             .order_by(AITask.completed_at.desc()).limit(recent)
-        ).scalars())
-    eta = (ahead + 1) * durations[len(durations) // 2] if durations else None
-    return QueueEstimate(position=ahead, eta_seconds=round(eta, 2) if eta is not None else None)
+        ).scalars().all()
+    typical = _median([done.processing_time for done in finished])
+    if typical is None:
+        return QueueEstimate(position=ahead, eta_seconds=None)
+    rates = [done.processing_time / units for done in finished if (units := _job_units(done))]
+    units, rate = _job_units(task), _median(rates)
+    own = rate * units if units and rate else typical
+    slots = max(1, sum(1 for _, message in running if message != progress.WAITING_MESSAGE))
+    remaining = sum(typical * (100 - done) / 100 for done, _ in running)
+    if task.status != TaskStatus.PROCESSING:
+        remaining += ahead * typical
+    return QueueEstimate(position=ahead, eta_seconds=round(remaining / slots + own, 2))
 
 
 def get_task_by_result(result_key: str) -> AITask | None:
     with session_scope() as session:
         return session.exec(sa.select(AITask).where(AITask.result_image == result_key)).scalar_one_or_none()
+
+
+def is_cancelled(task: AITask) -> bool:
+    """Cancelled by its owner, not failed: the row says FAILURE "Cancelled by user" (the v1 contract)."""
+    return task.status == TaskStatus.FAILURE and task.error_message == CANCELLED_MESSAGE
+
+
+def is_deleted(task: AITask) -> bool:
+    return task.expired_at is not None and task.message == DELETED_MESSAGE
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[AITask]
+    more: bool  # tasks older than the last one match too
+
+
+def list_tasks(owner: uuid.UUID | None, limit: int, before: tuple[datetime, uuid.UUID] | None = None,
+               status: TaskStatus | None = None, task_type: str | None = None) -> TaskPage:
+    """An owner's tasks (None: those made without a key), newest first, deleted ones left out; `before` is the
+    (created_at, id) of the last task of the previous page, so a page never repeats or skips a task while new
+    ones arrive."""
+    query = sa.select(AITask).where(AITask.api_key_id == owner if owner else AITask.api_key_id.is_(None),
+                                    sa.not_(sa.and_(AITask.expired_at.is_not(None),
+                                                    AITask.message == DELETED_MESSAGE)))
+    if before is not None:
+        query = query.where(sa.tuple_(AITask.created_at, AITask.id) < sa.tuple_(*before))
+    if status is not None:
+        query = query.where(AITask.status == status)
+    if task_type is not None:
+        query = query.where(AITask.task_type == task_type)
+    with session_scope() as session:
+        rows = session.exec(query.order_by(AITask.created_at.desc(), AITask.id.desc()).limit(limit + 1)).scalars()
+        tasks = list(rows)
+    return TaskPage(tasks=tasks[:limit], more=len(tasks) > limit)
+
+
+def delete_task(task: AITask) -> AITask:
+    """Cancel it if unfinished, delete its inputs and result from storage, and keep the row as a tombstone
+    (expired, "Deleted by user") so that its status still answers. Deleting twice is harmless."""
+    if task.status not in FINISHED_STATUSES:
+        try:
+            cancel_task(task)
+        except TaskAlreadyFinished:
+            pass  # it finished meanwhile: its files go all the same
+    with session_scope() as session:
+        row = session.exec(sa.select(AITask).where(AITask.id == task.id).with_for_update()).scalar_one()
+        keys = [key for key in (row.input_image, row.result_image, *(row.extra_inputs or {}).values()) if key]
+        row.expired_at, row.message, row.updated_at = row.expired_at or utcnow(), DELETED_MESSAGE, utcnow()
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    _delete_all(get_storage(), keys)
+    return row
 
 
 def cancel_task(task: AITask) -> AITask:

@@ -32,6 +32,11 @@ class Storage:
         with self.fs.open(self._path(key), "rb") as handle:
             return handle.read()
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first `size` bytes (an image header) without reading the whole file."""
+        with self.fs.open(self._path(key), "rb") as handle:
+            return handle.read(size)
+
     def exists(self, key: str) -> bool:
         try:
             return self.fs.exists(self._path(key))

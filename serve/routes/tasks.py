@@ -1,12 +1,17 @@
-"""The seed's four task endpoints: create, status, result, cancel."""
+"""The task endpoints: the v1 four (create, status, result, cancel) plus events, listing and deletion."""
 
+import base64
+import binascii
 import inspect
 import json
+import re
 import unicodedata
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -14,11 +19,20 @@ from pydantic import ValidationError
 from serve import strict_json
 from serve.deps import CallerDep, SettingsDep, TaskDep
 from serve.errors import ApiError
-from serve.events import live_status
+from serve.events import live_status, wait_until_finished
 from serve.forms import refuse_ambiguous_form
-from serve.schemas import ErrorOut, TaskCancelled, TaskCreated, TaskResultData, TaskResultOut, TaskStatusOut
+from serve.schemas import (
+    ErrorOut,
+    TaskCancelled,
+    TaskCreated,
+    TaskList,
+    TaskResultData,
+    TaskResultOut,
+    TaskStatusOut,
+    TaskSummary,
+)
 from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
-from tasks import service
+from tasks import progress, service
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
 from tasks.registry import IMAGE, TASK_SPECS, TaskSpec, upload_fields
 from tasks.webhooks import WebhookRefused, check_webhook_url
@@ -32,6 +46,24 @@ MAX_PARAMETERS_CHARS = 16 * 1024  # the largest valid parameters (a 1000-charact
 # Bounds on the parts parsed at all (the form has four text fields and three files); a repeated field is then
 # refused by name.
 CREATE_FORM_LIMITS = {"max_fields": 16, "max_files": 8, "max_part_size": FORM_PART_MAX_BYTES}
+# `Prefer: wait=N` holds the create answer until the task is done, up to this long; longer jobs belong to the
+# status, events and webhook routes.
+MAX_PREFER_WAIT_S = 60
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+CREATE_EXAMPLES = {
+    "background_removal": {"summary": "Cut out the subject (attach `image`)", "value": {
+        "task_type": "background_removal", "prompt": "remove the background",
+        "parameters": '{"bgcolor": "#ffffff"}'}},
+    "image_generation": {"summary": "Generate from a prompt (no upload)", "value": {
+        "task_type": "image_generation", "prompt": "a lighthouse at dawn, watercolour",
+        "parameters": '{"width": 512, "height": 512, "num_inference_steps": 30}'}},
+    "style_transfer": {"summary": "Restyle a photo (attach `image`; a `style_image` instead of `style`)", "value": {
+        "task_type": "style_transfer", "prompt": "restyle", "parameters": '{"style": "style-3", "strength": 0.8}'}},
+    "image_enhancement": {"summary": "Upscale 4x (attach `image`)", "value": {
+        "task_type": "image_enhancement", "prompt": "upscale", "parameters": '{"scale": 4}'}},
+    "face_swap": {"summary": "Put the face of `image` into `target_image` (attach both)", "value": {
+        "task_type": "face_swap", "prompt": "swap", "parameters": '{"blend_ratio": 0.8}'}},
+}
 
 
 def _spec_for(task_type: str) -> TaskSpec:
@@ -68,8 +100,12 @@ def _parameters_for(spec: TaskSpec, raw: str | None) -> dict[str, Any]:
     try:
         return spec.parameters.model_validate(parameters).model_dump()
     except ValidationError as exc:
-        details = [{"field": "parameters." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                   for e in exc.errors()]
+        errors = exc.errors()
+        details = [{"field": ".".join(["parameters", *(str(p) for p in e["loc"])]),
+                    "message": e["msg"].removeprefix("Value error, ")} for e in errors]
+        if all(not e["loc"] for e in errors):  # a rule across fields: the parameters contradict each other
+            raise ApiError(400, f"Contradictory parameters for {spec.task_type}: {details[0]['message']}",
+                           details) from None
         raise ApiError(400, f"Invalid parameters for {spec.task_type}", details) from None
 
 
@@ -83,6 +119,11 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
     if public_base:
         return f"{public_base.rstrip('/')}/{key}"
     return str(request.url_for("get_media", key=key))
+
+
+def _prefer_wait_s(prefer: str | None) -> int:
+    match = PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), MAX_PREFER_WAIT_S) if match else 0
 
 
 def _taking_registered_uploads(endpoint: Callable) -> Callable:
@@ -99,24 +140,32 @@ def _taking_registered_uploads(endpoint: Callable) -> Callable:
     return endpoint
 
 
-@router.post("/create/", status_code=201, response_model=TaskCreated, responses=ERRORS,
-             form_limits=CREATE_FORM_LIMITS)
+@router.post("/create/", status_code=201, response_model=TaskCreated | TaskStatusOut, responses=ERRORS,
+             form_limits=CREATE_FORM_LIMITS,
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": CREATE_EXAMPLES}}}})
 @_taking_registered_uploads
 async def create_task(
     settings: SettingsDep,
     caller: CallerDep,
     request: Request,
     response: Response,
-    task_type: Annotated[str, Form(description="One of the seed's task types.")],
-    prompt: Annotated[str | None, Form(description="Required, at most 5000 characters.")] = None,
+    task_type: Annotated[str, Form(description="What to do; GET /api/v1/task-types/ describes each.",
+                                   json_schema_extra={"enum": list(TASK_SPECS)})],
+    prompt: Annotated[str | None, Form(description="Required, at most 5000 characters; types that do not use it "
+                                                   "(`prompt` in GET /api/v1/task-types/) take any text.")
+                      ] = None,
     image: Annotated[UploadFile | None, File(description="Input image (required by image tasks).")] = None,
     parameters: Annotated[str | None, Form(description="JSON object of per-type parameters.")] = None,
     webhook_url: Annotated[str | None, Form(max_length=2000, description="POSTed the outcome when the task "
                                             "finishes, signed (X-Backendai-Signature).")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Same key and body: the same "
                                                   "task again; same key, other body: 409.")] = None,
+    prefer: Annotated[str | None, Header(description=f"`wait=N`: answer once the task is done if that takes at "
+                                                     f"most N seconds (up to {MAX_PREFER_WAIT_S}), with its status "
+                                                     f"JSON and `Preference-Applied: wait=N`; otherwise as "
+                                                     f"usual.")] = None,
     **uploads: UploadFile | None,
-) -> TaskCreated:
+) -> TaskCreated | TaskStatusOut:
     """Validate, store the input, record the task (PENDING) and queue it."""
     await refuse_ambiguous_form(request)
     spec = _spec_for(task_type)
@@ -139,6 +188,11 @@ async def create_task(
     if missing:
         raise ApiError(400, f"{spec.task_type} needs {', '.join(missing)}",
                        dict.fromkeys(missing, "No file was submitted."))
+    try:
+        spec.parameters.model_validate(checked_parameters).check_uploads(frozenset(extra_uploads))
+    except ValueError as exc:
+        raise ApiError(400, f"Contradictory input for {spec.task_type}: {exc}",
+                       {"parameters": str(exc), **dict.fromkeys(extra_uploads, "Uploaded.")}) from None
     uploaded = await read_image_as_png(image, settings) if has_image and image is not None else None
     extras = {name: await read_image_as_png(upload, settings) for name, upload in extra_uploads.items()}
     if uploaded is not None:
@@ -146,26 +200,77 @@ async def create_task(
             spec.parameters.model_validate(checked_parameters).check_input_size(uploaded.width, uploaded.height)
         except ValueError as exc:
             raise ApiError(400, str(exc), {"image": f"{uploaded.width}x{uploaded.height}"}) from None
-    request = service.TaskRequest(
+    task_request = service.TaskRequest(
         task_type=spec.task_type, prompt=prompt, parameters=checked_parameters,
         image_png=uploaded.png if uploaded else None, extra_pngs={name: extra.png for name, extra in extras.items()},
         owner=caller.key_id, idempotency_key=idempotency_key, webhook_url=webhook_url or None,
     )
     try:
-        task, replayed = await run_in_threadpool(service.create_task, request)
+        task, replayed = await run_in_threadpool(service.create_task, task_request)
     except service.IdempotencyConflict as conflict:
         raise ApiError(409, "Idempotency-Key was already used with a different request",
                        {"task_id": str(conflict.args[0])}) from None
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    if wait_s := _prefer_wait_s(prefer):
+        finished = await wait_until_finished(task.id, wait_s)
+        if finished is not None:
+            response.headers["Preference-Applied"] = f"wait={wait_s}"
+            return await run_in_threadpool(status_body, finished, request)
     return TaskCreated(task_id=task.id, status=task.status, message="Task queued successfully",
                        created_at=task.created_at)
 
 
+def _cursor(task: AITask) -> str:
+    return base64.urlsafe_b64encode(f"{task.created_at.isoformat()}|{task.id}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created_at, _, task_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
+        parsed = datetime.fromisoformat(created_at), uuid.UUID(task_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(400, "Invalid cursor: pass the next_cursor of a previous page unchanged",
+                       {"cursor": cursor}) from None
+    if parsed[0].tzinfo is None:
+        raise ApiError(400, "Invalid cursor: pass the next_cursor of a previous page unchanged", {"cursor": cursor})
+    return parsed
+
+
+@router.get("/", response_model=TaskList, responses=ERRORS)
+def list_tasks(
+    caller: CallerDep,
+    request: Request,
+    status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
+    task_type: Annotated[str | None, Query(description="Only tasks of this type.",
+                                           json_schema_extra={"enum": list(TASK_SPECS)})] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Tasks per page.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+) -> TaskList:
+    """Your tasks, newest first: those of your API key, or without a key those made without one. Deleted tasks
+    are left out."""
+    before = _parse_cursor(cursor) if cursor else None
+    page = service.list_tasks(caller.key_id, limit, before, status, _spec_for(task_type).task_type if task_type
+                              else None)
+    return TaskList(
+        tasks=[TaskSummary(
+            task_id=task.id, task_type=task.task_type, status=task.status, progress=task.progress,
+            message=task.message, cancelled=service.is_cancelled(task), error_message=task.error_message,
+            created_at=task.created_at, completed_at=task.completed_at, processing_time=task.processing_time,
+            status_url=str(request.url_for("task_status", task_id=str(task.id))),
+            result_url=str(request.url_for("task_result", task_id=str(task.id)))
+            if task.status == TaskStatus.SUCCESS and task.expired_at is None else None,
+        ) for task in page.tasks],
+        next_cursor=_cursor(page.tasks[-1]) if page.more else None,
+    )
+
+
 def status_body(task: AITask, request: Request) -> TaskStatusOut:
-    """The status JSON (seed fields plus queue position and ETA while waiting); also the SSE payload."""
+    """The status JSON (the v1 fields plus queue position and ETA while waiting, whether cancelled or deleted);
+    also the SSE payload."""
     failed = task.status == TaskStatus.FAILURE
-    waiting = task.status in (TaskStatus.PENDING, TaskStatus.RETRY)
+    waiting = task.status in (TaskStatus.PENDING, TaskStatus.RETRY) or (
+        task.status == TaskStatus.PROCESSING and task.message == progress.WAITING_MESSAGE)
     estimate = service.queue_estimate(task) if waiting else None
     return TaskStatusOut(
         task_id=task.id, id=task.id, task_type=task.task_type, status=task.status, progress=task.progress,
@@ -177,7 +282,7 @@ def status_body(task: AITask, request: Request) -> TaskStatusOut:
         if task.status == TaskStatus.SUCCESS else None,
         queue_position=estimate.position if estimate else None,
         eta_seconds=estimate.eta_seconds if estimate else None,
-        expired_at=task.expired_at,
+        expired_at=task.expired_at, cancelled=service.is_cancelled(task), deleted=service.is_deleted(task),
     )
 
 
@@ -205,6 +310,8 @@ def task_result(task: TaskDep, request: Request, settings: SettingsDep) -> TaskR
     """The finished task's output: image URL, prompt used, timing and model metadata."""
     if task.status != TaskStatus.SUCCESS:
         raise ApiError(400, f"Task not completed. Status: {task.status}")
+    if service.is_deleted(task):
+        raise ApiError(410, f"Result deleted by its owner at {task.expired_at:%Y-%m-%dT%H:%M:%SZ}")
     if task.expired_at is not None:
         raise ApiError(410, f"Result expired: results are kept for {settings.result_ttl_s // 3600} hours after "
                             f"completion and this one was deleted at {task.expired_at:%Y-%m-%dT%H:%M:%SZ}")
@@ -219,9 +326,17 @@ def task_result(task: TaskDep, request: Request, settings: SettingsDep) -> TaskR
 
 @router.post("/{task_id}/cancel/", response_model=TaskCancelled, responses=ERRORS)
 def cancel_task(task: TaskDep) -> TaskCancelled:
-    """Cancel a pending or running task (seed: FAILURE, "Cancelled by user")."""
+    """Cancel a pending or running task: it ends FAILURE with "Cancelled by user" and `cancelled: true`."""
     try:
         cancelled: AITask = service.cancel_task(task)
     except service.TaskAlreadyFinished as finished:
         raise ApiError(400, f"Task already completed. Status: {finished.args[0]}") from None
     return TaskCancelled(task_id=cancelled.id, status=cancelled.status, message=f"Task cancelled: {CANCELLED_MESSAGE}")
+
+
+@router.delete("/{task_id}/", status_code=204, response_class=Response, responses=ERRORS)
+def delete_task(task: TaskDep) -> Response:
+    """Cancel the task if it is still running and delete its inputs and result. Its status keeps answering, with
+    `deleted: true`; it leaves the listing."""
+    service.delete_task(task)
+    return Response(status_code=204)

@@ -91,3 +91,28 @@ def test_a_scrape_with_redis_down_still_answers_and_says_which_source_is_down(uv
     assert value(samples, "backendai_metrics_source_up", source="database") == 1
     assert ("backendai_tasks", frozenset({"task_type": "image_generation", "status": "SUCCESS"}.items())) in samples
     assert not [name for name, _ in samples if name == "backendai_queue_depth"]
+
+
+def test_cancels_have_their_own_series(api_client):
+    from tasks.models import CANCELLED_MESSAGE
+
+    rows = [AITask(task_type=TaskType.FACE_SWAP, prompt="metrics", status=TaskStatus.FAILURE, error_message=error)
+            for error in (CANCELLED_MESSAGE, CANCELLED_MESSAGE, "RuntimeError: out of memory")]
+    before = scrape(api_client)
+    with session_scope() as session:
+        session.add_all(rows)
+        session.commit()
+    try:
+        after = scrape(api_client)
+    finally:
+        with session_scope() as session:
+            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
+            session.commit()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("backendai_tasks_cancelled", task_type="face_swap") == 2
+    assert moved("backendai_tasks", task_type="face_swap", status="FAILURE") == 3  # v1: a cancel is a FAILURE row
+    assert {("backendai_tasks_cancelled", frozenset({"task_type": task_type}.items())) for task_type in TaskType} \
+        <= set(after)
