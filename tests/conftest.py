@@ -2,7 +2,9 @@
 
 DATABASE_URL names the Postgres server (a fresh database is created on it and dropped afterwards) and REDIS_URL
 the Redis server (a free numbered db on it is locked for the run); both default to the local services on
-127.0.0.1. The stack takes free ports, so a developer's `backendai up` or another test run can keep running.
+127.0.0.1. Both are taken lazily, by the `database` and `redis_client` fixtures: tests that need neither (the unit
+tier, tests/unit/) run with no server reachable. The stack takes free ports, so a developer's `backendai up` or
+another test run can keep running.
 """
 
 import os
@@ -23,8 +25,12 @@ SERVER_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_DATABASE = f"backendai_test_{uuid.uuid4().hex[:10]}"
 DATA_DIR = Path(tempfile.mkdtemp(prefix="backendai-test-"))
 
-# Read by every process of the stack (Settings come from the environment), so set before anything imports it.
+# Held on the Redis db of a run (scripts/bench honours it too): test runs and benchmarks never share a db.
 REDIS_LOCK = "backendai:test-run"
+REDIS_LOCK_TTL_S = 3 * 3600
+# Where Redis is until the `redis_client` fixture locks a db: a port nothing listens on, so a test that uses Redis
+# without asking for it fails at once instead of writing into somebody's db.
+NO_REDIS_YET = "redis://127.0.0.1:9/0"
 
 
 def free_port() -> int:
@@ -34,21 +40,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _lock_a_redis_db() -> str:
-    """A numbered Redis db that no other test run holds (runs may overlap on one machine)."""
-    import redis
-
-    server = SERVER_REDIS_URL.rsplit("/", 1)[0]
-    for number in range(1, 16):
-        client = redis.Redis.from_url(f"{server}/{number}")
-        if client.set(REDIS_LOCK, TEST_DATABASE, nx=True, ex=3 * 3600):
-            return f"{server}/{number}"
-    raise RuntimeError(f"all Redis dbs 1-15 on {server} are held by other test runs ({REDIS_LOCK})")
-
-
+# Read by every process of the stack (Settings come from the environment), so set before anything imports it.
 os.environ.update(
     DATABASE_URL=str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)),
-    REDIS_URL=_lock_a_redis_db(),
+    REDIS_URL=NO_REDIS_YET,
     DATA_DIR=str(DATA_DIR),
     API_PORT=str(free_port()),
     RAY_HEAD_PORT=str(free_port()),
@@ -63,23 +58,32 @@ os.environ.update(
 
 
 def _server_engine() -> sa.Engine:
-    return sa.create_engine(SERVER_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    return sa.create_engine(SERVER_DATABASE_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    with _server_engine().connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
+def _lock_a_redis_db() -> str:
+    """A numbered Redis db that no other test run or benchmark holds (runs may overlap on one machine)."""
     import redis
 
-    from tasks.db import get_engine
+    server = SERVER_REDIS_URL.rsplit("/", 1)[0]
+    for number in range(1, 16):
+        client = redis.Redis.from_url(f"{server}/{number}")
+        if client.set(REDIS_LOCK, TEST_DATABASE, nx=True, ex=REDIS_LOCK_TTL_S):
+            return f"{server}/{number}"
+    raise RuntimeError(f"all Redis dbs 1-15 on {server} are held by other test runs ({REDIS_LOCK})")
 
-    redis.Redis.from_url(os.environ["REDIS_URL"]).delete(REDIS_LOCK)
-    get_engine().dispose()
-    with _server_engine().connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+
+def _use_redis(url: str) -> None:
+    """Point this process, and every process it starts from now on, at `url`. Modules read the Redis URL when
+    imported (the Celery app) or keep the settings object (fixtures, the app): those are updated in place."""
+    from tasks.celery_app import celery_app
+    from tasks.config import get_settings
+    from tasks.redis_client import redis_client
+
+    os.environ["REDIS_URL"] = url
+    get_settings().redis_url = url
+    redis_client.cache_clear()
+    celery_app.conf.update(broker_url=url, result_backend=url)
 
 
 @pytest.fixture(scope="session")
@@ -90,23 +94,35 @@ def settings():
 
 
 @pytest.fixture(scope="session")
-def database(settings) -> str:
-    """The per-run Postgres database, migrated to the newest schema."""
-    from tasks.db import migrate
+def database(settings) -> Iterator[str]:
+    """The per-run Postgres database, created on first use, migrated to the newest schema, dropped at the end."""
+    from tasks.db import get_engine, migrate
 
-    migrate()
-    return settings.effective_database_url
+    with _server_engine().connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
+    try:
+        migrate()
+        yield settings.effective_database_url
+    finally:
+        get_engine().dispose()
+        with _server_engine().connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
-def redis_client(settings):
+def redis_client():
+    """The per-run Redis db, locked on first use and emptied before and after (which also releases the lock)."""
     import redis
 
-    client = redis.Redis.from_url(settings.effective_redis_url)
-    client.flushdb()
-    client.set(REDIS_LOCK, TEST_DATABASE, ex=3 * 3600)
-    yield client
-    client.flushdb()  # also releases the lock
+    url = _lock_a_redis_db()
+    client = redis.Redis.from_url(url)
+    try:
+        _use_redis(url)
+        client.flushdb()
+        client.set(REDIS_LOCK, TEST_DATABASE, ex=REDIS_LOCK_TTL_S)
+        yield client
+    finally:
+        client.flushdb()
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +137,7 @@ def api_client(database, redis_client):
 
 
 @pytest.fixture
-def uvicorn_api(database, tmp_path):
+def uvicorn_api(database, redis_client, tmp_path):
     """Start the real API under plain uvicorn with some settings changed; yields a function env → base URL."""
     import subprocess
     import sys
@@ -137,7 +153,7 @@ def uvicorn_api(database, tmp_path):
         processes.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--port", str(port)],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded 2-core machine takes a while to import the app
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"{url}/openapi.json", timeout=1)
@@ -154,7 +170,7 @@ def uvicorn_api(database, tmp_path):
 
 @pytest.fixture(scope="session")
 def stack(database, redis_client, settings):
-    """Ray head, `serve deploy` of config/serve.local.yaml, Celery workers for both queues, API via Serve."""
+    """Ray head, `serve deploy` of config/serve.local.yaml, a consumer per queue, the API under uvicorn."""
     from serve.stack import Stack
 
     with Stack(settings, echo=lambda line: print(line, flush=True)) as running:
