@@ -32,7 +32,7 @@ StepCallback = Callable[[int, int], None]  # (steps done, steps in this call)
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One image to make. Defaults are the seed's (512x512, 30 steps, guidance 7.5)."""
+    """One image to make. Defaults are the v1 task API's (512x512, 30 steps, guidance 7.5)."""
 
     prompt: str
     seed: int
@@ -122,7 +122,7 @@ class ImageGenerator:
         return [None if flagged else image for image, flagged in zip(output.images, withheld, strict=True)]
 
     def metadata(self, request: GenerationRequest) -> dict[str, Any]:
-        """What the result records about how its image was made (the seed's result JSON, and more)."""
+        """What the result records about how its image was made (the v1 result's metadata, and more)."""
         return {
             "model": self.model,
             "random_weights": self.random_weights,

@@ -46,7 +46,7 @@ def append_terms(text: str, terms: Iterable[str]) -> str:
 
 
 class TemplateRefiner:
-    """The seed's refinement: "beautiful sunset over mountains" → "…, highly detailed, 8k"."""
+    """The v1 task API's refinement: "beautiful sunset over mountains" → "…, highly detailed, 8k"."""
 
     name = "template"
 

@@ -1,4 +1,4 @@
-"""Every error the API returns has the seed's shape: {"error": "...", "details": ...}, never a stack trace."""
+"""Every error the API returns has the v1 shape: {"error": "...", "details": ...}, never a stack trace."""
 
 import logging
 from typing import Any

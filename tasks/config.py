@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=1, description="uvicorn worker processes of the API under `up`.")
     serve_config: Path = Field(default=PROJECT_ROOT / "config" / "serve.local.yaml", description="Used by `up`.")
 
-    # Input limits (the seed's serializer plus upload hygiene).
+    # Input limits (the v1 task API's, plus upload hygiene).
     max_prompt_length: int = 5000
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = MAX_IMAGE_PIXELS
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # Job execution.
     max_retries: int = 3
-    retry_backoff_base_s: float = Field(default=60.0, description="Seed backoff: base * 2**retry_count.")
+    retry_backoff_base_s: float = Field(default=60.0, description="Retry backoff: base * 2**retry_count.")
     max_worker_losses: int = Field(default=2, description="A task whose worker dies more often ends FAILURE.")
     broker_visibility_timeout_s: int = Field(
         default=60, description="A consumer that stops renewing its messages' leases (it died) has them put back "

@@ -107,7 +107,7 @@ def _needs_reconnect(exc: BaseException) -> bool:
 
 
 def _retry_countdown(retry_count: int) -> float:
-    """Seed backoff (base * 2**n, 60 s base in production) with up to 10% jitter against thundering herds."""
+    """Exponential backoff (base * 2**n, 60 s base in production) with up to 10% jitter against thundering herds."""
     base = get_settings().retry_backoff_base_s * 2**retry_count
     return base * (1 + random.uniform(0, 0.1))
 

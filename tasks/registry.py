@@ -101,7 +101,8 @@ SchedulerName = Literal[tuple(SCHEDULERS)]
 
 
 class ImageGenerationParameters(TaskParameters):
-    """The seed's width/height/steps/guidance (same defaults), plus seed, negative prompt, scheduler, refinement."""
+    """The v1 task API's width/height/steps/guidance (same defaults), plus seed, negative prompt, scheduler and
+    refinement."""
 
     width: int = Field(default=512, ge=64, le=1024, multiple_of=8, description="Pixels; a multiple of 8.")
     height: int = Field(default=512, ge=64, le=1024, multiple_of=8, description="Pixels; a multiple of 8.")

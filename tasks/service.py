@@ -265,7 +265,7 @@ def delete_task(task: AITask) -> AITask:
 
 
 def cancel_task(task: AITask) -> AITask:
-    """Seed semantics: FAILURE with "Cancelled by user". A pending task never runs; a running one's Serve
+    """The v1 task API's cancel: FAILURE with "Cancelled by user". A pending task never runs; a running one's Serve
     request is cancelled by its worker, which watches the row."""
     if task.status in FINISHED_STATUSES or not progress.fail(
         task.id, CANCELLED_MESSAGE, only_if=(TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY)

@@ -20,7 +20,7 @@ class Storage:
         return f"{self.root.rstrip('/')}/{key}"
 
     def put(self, kind: str, data: bytes, suffix: str = ".png") -> str:
-        """Store bytes under an unguessable dated key (the seed's upload_to) and return the key."""
+        """Store bytes under an unguessable dated key and return the key."""
         key = f"tasks/{kind}/{datetime.now(UTC):%Y/%m/%d}/{secrets.token_urlsafe(24)}{suffix}"
         path = self._path(key)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
