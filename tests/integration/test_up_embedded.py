@@ -4,6 +4,7 @@ Runs the real command in a subprocess, drives one job with `backendai run`, then
 """
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -51,7 +52,7 @@ def test_up_with_no_env_runs_a_job_end_to_end_and_stops_cleanly(tmp_path, astron
                               str(output), "--api", f"http://127.0.0.1:{api_port}", "--timeout", "120"],
                              env=env, capture_output=True, text=True, timeout=180)
         assert run.returncode == 0, run.stdout + run.stderr
-        assert "100% SUCCESS" in run.stdout
+        assert re.search(r"^SUCCESS +100% ", run.stdout, re.M), run.stdout
         alpha = alpha_of(output.read_bytes())
         assert all(alpha[box].mean() > 200 for box in PERSON_BOXES)
         assert all(alpha[box].mean() < 20 for box in BACKGROUND_BOXES)
