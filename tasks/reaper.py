@@ -22,8 +22,10 @@ from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import AITask, TaskStatus, utcnow
+from tasks.progress import publish
 from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
+from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ def _republish(task: AITask, queue: str, report: ReapReport) -> None:
     if not swapped:  # it moved meanwhile (claimed, finished, another reaper)
         return
     if values.get("status") == TaskStatus.FAILURE:
+        publish(task.id, status=TaskStatus.FAILURE, progress=task.progress, message=LOST_CONSUMER)
+        notify_finished(task.id)
         report.failed.append(task.id)
         return
     celery_app.send_task("tasks.process_ai_task", args=[str(task.id)], task_id=new_id, queue=queue)
