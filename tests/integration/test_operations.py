@@ -94,7 +94,8 @@ def test_flower_sees_the_workers(stack):
 
     _eventually(lambda: httpx.get(f"{url}/healthcheck", timeout=5).text == "OK")
     # From the workers' heartbeat events.
-    _eventually(lambda: {"consumer-background_removal", "consumer-image_generation", "housekeeping"} <= online_workers())
+    expected = {"consumer-background_removal", "consumer-image_generation", "housekeeping"}
+    _eventually(lambda: expected <= online_workers())
 
 
 def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, http, astronaut_png, tmp_path):
