@@ -107,10 +107,10 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
     )
 
     def write(_retried: bool) -> AITask | None:
-        with session_scope() as session:
-            claimed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
+        with session_scope() as session:  # one round trip: the claimed row comes back with the UPDATE
+            task = session.scalars(statement.returning(AITask)).one_or_none()
             session.commit()
-            return session.get(AITask, task_id) if claimed else None
+            return task
 
     task = _with_retries(write)
     if task is not None:
