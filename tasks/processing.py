@@ -41,7 +41,7 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
     """Call one deployment, streaming its events into the row within `span`; return its result payload."""
     handle, generation = ray_client.get_handle(stage.app_name, stage.deployment_name)
     try:
-        response = handle.options(stream=True).process.remote(**call)
+        response = handle.process.remote(**call)
         running.begin_stage(response)
         low, high = span
         for event in response:

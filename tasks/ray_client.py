@@ -57,7 +57,7 @@ def disconnect(generation: int | None = None) -> None:
 
 
 def get_handle(app_name: str, deployment_name: str) -> tuple[DeploymentHandle, int]:
-    """The deployment's handle and the generation of the connection it belongs to."""
+    """The deployment's streaming handle and the generation of the connection it belongs to."""
     with _lock:
         generation = connect()
         return _handle(app_name, deployment_name), generation
@@ -65,4 +65,6 @@ def get_handle(app_name: str, deployment_name: str) -> tuple[DeploymentHandle, i
 
 @lru_cache
 def _handle(app_name: str, deployment_name: str) -> DeploymentHandle:
-    return serve.get_deployment_handle(deployment_name, app_name=app_name)
+    # Built once per deployment: `options()` makes a new handle each call, and every call through a new handle
+    # pays its set-up again.
+    return serve.get_deployment_handle(deployment_name, app_name=app_name).options(stream=True)
