@@ -306,7 +306,7 @@ def test_a_body_that_arrives_too_slowly_is_408(database, redis_client, nothing_w
     chunks = [body[start:start + 100] for start in range(0, len(body), 100)]
     response = asgi_request(create_app(), "POST", CREATE, MULTIPART, chunks=chunks, chunk_delay_s=0.1)
     assert_refused(response.status, response.body.decode(), 408, "Request body took longer than 0.5 s to arrive")
-    assert 2 <= response.chunks_read < 10
+    assert 1 <= response.chunks_read < len(chunks) // 2  # cut off long before the end, even on a busy machine
 
 
 @pytest.mark.parametrize("files", [IMAGE, None], ids=["multipart", "urlencoded"])
