@@ -1,13 +1,16 @@
 """The benchmark's own logic, without a stack: process roles, profile parsing, the target figures and the page it
 writes (scripts/bench)."""
 
+from types import SimpleNamespace
+
 from scripts.bench import target
 from scripts.bench.processes import (
-    POSTGRES_OURS,
-    POSTGRES_SERVER,
+    BENCHMARK,
+    POSTGRES,
     RAY_SYSTEM,
     SERVE_CONTROLLER,
     STACK_PARTS,
+    CpuMeter,
     postgres_role,
     ray_role,
     stack_role,
@@ -57,13 +60,34 @@ def test_processes_are_named_by_role_for_the_new_stack():
     assert ray_role("ray::ServeController") == SERVE_CONTROLLER and ray_role("raylet --x") == RAY_SYSTEM
 
 
-def test_only_the_benchmarks_postgres_backends_are_its_own():
+def test_postgres_counts_the_benchmarks_backends_and_the_server_not_other_databases():
     ours = "backendai_bench_0123456789"
-    assert postgres_role(f"postgres: 15/main: postgres {ours} 127.0.0.1(5432) idle", ours) == POSTGRES_OURS
-    assert postgres_role(f"postgres: postgres {ours} [local] UPDATE", ours) == POSTGRES_OURS
+    assert postgres_role(f"postgres: 15/main: postgres {ours} 127.0.0.1(5432) idle", ours) == POSTGRES
+    assert postgres_role(f"postgres: postgres {ours} [local] UPDATE", ours) == POSTGRES
     assert postgres_role("postgres: 15/main: postgres postgres 127.0.0.1(34848) idle", ours) is None
-    assert postgres_role("postgres: 15/main: walwriter", ours) == POSTGRES_SERVER
-    assert postgres_role("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main", ours) == POSTGRES_SERVER
+    assert postgres_role("postgres: 15/main: walwriter", ours) == POSTGRES
+    assert postgres_role("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main", ours) == POSTGRES
+
+
+class FakeProcess:
+    def __init__(self, pid: int, parent: int, own: float, reaped: float = 0.0):
+        self.pid, self.parent, self.own, self.reaped = pid, parent, own, reaped
+
+    def cpu_times(self) -> SimpleNamespace:
+        return SimpleNamespace(user=self.own, system=0.0, children_user=self.reaped, children_system=0.0)
+
+    def ppid(self) -> int:
+        return self.parent
+
+
+def test_a_backend_that_ends_during_a_phase_counts_through_the_postmaster_for_that_phase_only():
+    postmaster, backend = FakeProcess(1, 0, own=1.0, reaped=10.0), FakeProcess(2, 1, own=5.0)
+    roles = {POSTGRES: [postmaster, backend]}
+    meter = CpuMeter(lambda: roles).start()
+    postmaster.reaped += 5.0 + 3.0  # the backend used 3 s more, then ended and was reaped
+    roles = {POSTGRES: [postmaster, FakeProcess(3, 1, own=2.0)]}  # and a new one started
+    used = meter.stop()
+    assert used[POSTGRES] == 5.0 and BENCHMARK in used
 
 
 def test_thread_names_group_a_pools_threads():

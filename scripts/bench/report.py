@@ -74,7 +74,12 @@ class Drain:
     seconds: float
     outcome: Outcome
     cpu: CpuUse  # per task
+    connections: float | None = None  # database connections opened per task (Postgres only)
     created_s: float | None = None  # when the tasks were created during the drain: how long that took
+
+    @property
+    def opened(self) -> str:
+        return "–" if self.connections is None else f"{self.connections:.2f}"
 
     @property
     def per_s(self) -> float:
@@ -162,7 +167,7 @@ def _target(run: TargetRun) -> list[str]:
     lines += [f"- (b) {drain.outcome.tasks} tasks in {drain.seconds:.1f} s (created in {drain.created_s:.1f} s, "
               f"{drain.outcome.tasks / drain.created_s:.0f} creates/s while the consumers worked); ended "
               f"{drain.outcome}: left unfinished or without a row **{drain.outcome.left}**, FAILURE "
-              f"**{drain.outcome.failed}**.",
+              f"**{drain.outcome.failed}**; database connections opened per task: {drain.opened}.",
               f"- (c) {run.latency.count} tasks: created_at → completed_at p50 / p99 {_p50_p99(run.latency)} ms; "
               f"create sent → SUCCESS seen by the polling client p50 / p99 {_p50_p99(run.seen)} ms; ended "
               f"{run.latency_outcome}."]
@@ -219,10 +224,10 @@ def _drain(drain: Drain) -> list[str]:
             f"{drain.outcome.tasks} near-zero tasks waiting on the queue (created while its consumer was paused) "
             "when the consumer takes messages again: the consumer side alone, from its resumption to the last "
             "SUCCESS.\n",
-            "| tasks | time to all finished (s) | tasks/s | outcome | left unfinished or without a row | FAILURE |",
-            "|---|---|---|---|---|---|",
+            "| tasks | time to all finished (s) | tasks/s | outcome | left unfinished or without a row | FAILURE | "
+            "database connections opened per task |", "|---|---|---|---|---|---|---|",
             f"| {drain.outcome.tasks} | {drain.seconds:.1f} | {drain.per_s:.1f} | {drain.outcome} | "
-            f"{drain.outcome.left} | {drain.outcome.failed} |"]
+            f"{drain.outcome.left} | {drain.outcome.failed} | {drain.opened} |"]
 
 
 def _services(services: list[ServiceRun]) -> list[str]:

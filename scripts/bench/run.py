@@ -42,7 +42,7 @@ from scripts.bench.stats import Summary
 from serve.stack import Stack, free_port
 from tasks.celery_app import celery_app
 from tasks.config import PROJECT_ROOT, Settings, get_settings
-from tasks.db import session_scope
+from tasks.db import get_engine, session_scope
 from tasks.models import AITask, TaskType
 from tasks.registry import TASK_SPECS
 
@@ -152,6 +152,32 @@ def created_to_completed(task_ids: list[str]) -> list[float]:
     return [_instant(completed) - _instant(created) for created, completed in rows]
 
 
+def postgres_sessions() -> int | None:
+    """Connections ever opened to the benchmark's database (Postgres's own count), None on SQLite."""
+    if get_engine().dialect.name != "postgresql":
+        return None
+    with session_scope() as session:
+        return session.exec(sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+                            ).scalar()
+
+
+class Connections:
+    """Connections opened to the database per task between `start()` and `stop()`: a pool that closes its overflow
+    connections makes every later burst open new ones (a process forked and authenticated each time)."""
+
+    STATS_FLUSH_S = 1.0  # backends publish their counts at most every second
+
+    def start(self) -> "Connections":
+        self._before = postgres_sessions()
+        return self
+
+    def stop(self, tasks: int) -> float | None:
+        if self._before is None:
+            return None
+        time.sleep(self.STATS_FLUSH_S)
+        return ((postgres_sessions() or 0) - self._before) / tasks
+
+
 def wait_finished(task_ids: list[str], stall_s: float = 60) -> Outcome:
     """Until every task is SUCCESS or FAILURE, or none finished for `stall_s` (then some are lost or stuck)."""
     finished, changed = -1, time.monotonic()
@@ -244,6 +270,7 @@ class Bench:
     def drain_while_creating(self, count: int) -> Drain:
         """The target method's (b): `count` tasks created by its clients while the consumers work, timed from the
         first create sent to the last completed_at."""
+        connections = Connections().start()
         self.meter.start()
         started = time.time()
         task_ids, created_s = in_parallel(target.CLIENTS, count, lambda: self.api.create(self.job))
@@ -251,7 +278,7 @@ class Bench:
         cpu = per_unit(self.meter.stop(), count)
         seconds = (last_completion(task_ids) if found.counts.get("SUCCESS") else time.time()) - started
         log(f"drain: {count} tasks in {seconds:.1f} s ({count / seconds:.1f} tasks/s): {found}")
-        return Drain(seconds, found, cpu, created_s)
+        return Drain(seconds, found, cpu, connections.stop(count), created_s)
 
     def target(self, latency_tasks: int) -> TargetRun:
         creates, created = self.create_run(self.stack_api, self.stack.api_url, target.CLIENTS, target.CREATES)
@@ -309,13 +336,14 @@ class Bench:
         missing = max(0, size - len(queued))
         log(f"consumer drain: {len(queued)} tasks queued by the creates, {missing} more, then the consumer resumes")
         queued += in_parallel(max(CREATE_CLIENTS), missing, lambda: self.api.create(self.job))[0]
+        connections = Connections().start()
         self.meter.start()
         started = time.time()
         self.consumers.resume()
         found = wait_finished(queued)
         seconds = (last_completion(queued) if found.counts.get("SUCCESS") else time.time()) - started
         log(f"consumer drain: {len(queued)} tasks in {seconds:.1f} s: {found}")
-        return runs, Drain(seconds, found, per_unit(self.meter.stop(), len(queued)))
+        return runs, Drain(seconds, found, per_unit(self.meter.stop(), len(queued)), connections.stop(len(queued)))
 
     def profiles(self, count: int) -> tuple[str, list[Profile]]:
         """py-spy on the API, the consumer and the replica during a drain as the target method's (b): the Python
@@ -330,6 +358,7 @@ class Bench:
         recordings = {name: Recording(pid, folder / f"{name}.pyspy", gil=True, subprocesses=name == "api").start()
                       for name, pid in pids.items()}
         waits = Recording(pids["consumer"], folder / "consumer-wall.pyspy", idle=True).start()
+        itself = Recording(os.getpid(), folder / "benchmark.pyspy", gil=True).start()
         time.sleep(1)  # py-spy attaches
         threads = {name: ThreadCpu(pid).start() for name, pid in pids.items()}
         started = time.perf_counter()
@@ -338,6 +367,7 @@ class Bench:
         by_thread = {name: meter.stop() for name, meter in threads.items()}
         samples = {name: recording.stop() for name, recording in recordings.items()}
         in_tasks = below(waits.stop(), "process_ai_task")
+        own = itself.stop()
         names = {"api": "API (uvicorn)", "consumer": f"consumer {self.consumers.queue}", "replica": self.replica}
         profiles = []
         for name in pids:
@@ -347,6 +377,10 @@ class Bench:
                                     frames, total, own_by_package(samples[name]), by_thread[name]))
         profiles.append(Profile(f"consumer {self.consumers.queue}: wall clock of its pool threads inside "
                                 "`process_ai_task`, waits included", *top_frames(in_tasks), own_by_package(in_tasks)))
+        frames, total = top_frames(own)
+        profiles.append(Profile("the process running the Stack, here the benchmark's (its clients, Ray driver and the "
+                                f"Stack's watcher thread): the thread holding the GIL (held "
+                                f"{itself.busy(total, elapsed):.0%} of the drain)", frames, total, own_by_package(own)))
         scenario = f"a drain of {count} tasks from {target.CLIENTS} clients ({drain.per_s:.0f} tasks/s, py-spy on)"
         return scenario, profiles
 
