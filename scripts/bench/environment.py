@@ -88,8 +88,9 @@ def _lock_a_redis_db(server_url: str, holder: str) -> str:
 
 def isolate() -> Isolation:
     """A fresh DATA_DIR and free ports; a throwaway Postgres database and a locked Redis db when DATABASE_URL /
-    REDIS_URL name servers, the embedded SQLite and Redis otherwise. The rate limit is off (RATE_LIMIT_PER_MINUTE=0):
-    eight clients from one address would otherwise be refused."""
+    REDIS_URL name servers, the embedded SQLite and Redis otherwise. The rate limit and the cap on queued tasks are
+    off (RATE_LIMIT_PER_MINUTE=0, MAX_QUEUED_PER_KEY=0): eight clients from one address, and a backlog of 1000 from
+    it, would otherwise be refused."""
     isolation = Isolation(f"backendai_bench_{uuid.uuid4().hex[:10]}")
     data_dir = Path(tempfile.gettempdir()) / isolation.name  # made when the stack starts
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
@@ -111,6 +112,7 @@ def isolate() -> Isolation:
         RAY_DASHBOARD_PORT=str(free_port()),
         EMBEDDED_REDIS_PORT=str(free_port()),
         RATE_LIMIT_PER_MINUTE="0",
+        MAX_QUEUED_PER_KEY="0",
         # Empty, not unset, so that a developer's .env cannot point the benchmark at a shared cluster or bucket.
         RAY_ADDRESS="",
         STORAGE_URL="",

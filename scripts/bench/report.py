@@ -95,6 +95,7 @@ class TargetRun:
     seen: Summary  # (c), create sent → finished seen by the polling client
     latency_outcome: Outcome
     second_api: CreateRun | None = None  # (a) again through an API with another number of uvicorn workers
+    queued: Summary | None = None  # (c), the rows' created_at → started_at (claimed by the consumer)
 
 
 @dataclass
@@ -168,9 +169,9 @@ def _target(run: TargetRun) -> list[str]:
               f"{drain.outcome.tasks / drain.created_s:.0f} creates/s while the consumers worked); ended "
               f"{drain.outcome}: left unfinished or without a row **{drain.outcome.left}**, FAILURE "
               f"**{drain.outcome.failed}**; database connections opened per task: {drain.opened}.",
-              f"- (c) {run.latency.count} tasks: created_at → completed_at p50 / p99 {_p50_p99(run.latency)} ms; "
-              f"create sent → SUCCESS seen by the polling client p50 / p99 {_p50_p99(run.seen)} ms; ended "
-              f"{run.latency_outcome}."]
+              f"- (c) {run.latency.count} tasks: created_at → completed_at p50 / p99 {_p50_p99(run.latency)} ms, of "
+              f"which created_at → started_at (claimed) {_p50_p99(run.queued)} ms; create sent → SUCCESS seen by the "
+              f"polling client p50 / p99 {_p50_p99(run.seen)} ms; ended {run.latency_outcome}."]
     return lines
 
 

@@ -144,12 +144,12 @@ def last_completion(task_ids: list[str]) -> float:
     return _instant(moment)
 
 
-def created_to_completed(task_ids: list[str]) -> list[float]:
-    """completed_at − created_at of the tasks that ended SUCCESS, by the rows (seconds)."""
+def row_times(task_ids: list[str]) -> list[tuple[float, float, float]]:
+    """created_at, started_at (claimed) and completed_at of the tasks that ended SUCCESS, by the rows."""
     with session_scope() as session:
-        rows = session.exec(sa.select(AITask.created_at, AITask.completed_at).where(
+        rows = session.exec(sa.select(AITask.created_at, AITask.started_at, AITask.completed_at).where(
             AITask.id.in_(_ids(task_ids)), AITask.status == "SUCCESS")).all()
-    return [_instant(completed) - _instant(created) for created, completed in rows]
+    return [(_instant(created), _instant(started), _instant(completed)) for created, started, completed in rows]
 
 
 def postgres_sessions() -> int | None:
@@ -293,10 +293,11 @@ class Bench:
         finished = [self.api.poll_until_finished(self.job, target.POLL_S) for _ in range(latency_tasks)]
         task_ids = [task.status["task_id"] for task in finished]
         latency_outcome = outcome(task_ids)
-        latency = Summary.of(created_to_completed(task_ids))
+        rows = row_times(task_ids)
+        latency = Summary.of([completed - created for created, _, completed in rows])
         log(f"target (c): created_at → completed_at p50 {latency.p50 * 1000:.1f} ms")
         return TargetRun(creates, creates_outcome, drain, latency, Summary.of([task.end_to_end for task in finished]),
-                         latency_outcome, again)
+                         latency_outcome, again, queued=Summary.of([started - created for created, started, _ in rows]))
 
     def overhead(self, clients: int, count: int) -> OverheadLevel:
         log(f"overhead: {count} tasks, {clients} client(s): bare handle calls, then through the API")
@@ -394,11 +395,12 @@ def plain_models(runs: dict[str, ServiceRun], jobs: list[Job], settings: Setting
         log(f"service {job.task_type}: plain model in this process")
         try:
             model = bare.plain_model(job.task_type, settings.models_dir, serve_config)
+            bare.timed(model, job)  # warm-up
+            run.model = Summary.of([bare.timed(model, job) for _ in range(repeats)])
         except FileNotFoundError as absent:
             run.skipped = f"weights absent ({absent})"
-            continue
-        bare.timed(model, job)  # warm-up
-        run.model = Summary.of([bare.timed(model, job) for _ in range(repeats)])
+        except Exception as failed:  # a secondary comparison: the run's other figures must still be written
+            run.skipped = f"plain model failed: {type(failed).__name__}: {failed}"
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
