@@ -30,6 +30,7 @@ from deployments.events import (
     stream_in_thread,
     user_config_choice,
 )
+from deployments.weights import missing_files
 
 # rembg looks for `<name>.onnx` in this folder (its U2NET_HOME); `backendai models fetch` puts u2netp there.
 REMBG_SUBDIR = "rembg"
@@ -53,7 +54,8 @@ class SelfieSegmenter:
 
 class BackgroundRemover:
     def __init__(self, models_dir: str | Path, model: str = "u2netp"):
-        self.model_home = Path(models_dir) / REMBG_SUBDIR
+        self.models_dir = Path(models_dir)
+        self.model_home = self.models_dir / REMBG_SUBDIR
         self._sessions: dict[str, Any] = {}
         self._loading = threading.Lock()
         self.use(model)
@@ -62,8 +64,8 @@ class BackgroundRemover:
         """Make `model` the default for requests that name none. It is loaded first, so missing weights fail here
         and the first request does not wait; requests already running keep the model they started with."""
         if not self.installed(model):
-            raise FileNotFoundError(f"{self._weights(model)} is missing: run `backendai models fetch` (u2netp), "
-                                    "or copy the model there")
+            raise missing_files(self.models_dir, [self._weights(model)],
+                                "run `backendai models fetch` (u2netp), or copy the model there")
         self._session(model)
         self.model = model
 

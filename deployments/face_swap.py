@@ -29,6 +29,7 @@ from ray import serve
 from deployments.catalogue import TARGET_IMAGE
 from deployments.devices import onnx_providers
 from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
+from deployments.weights import missing_files
 
 # MODELS_DIR/insightface/models/<face pack>/*.onnx is what FaceAnalysis loads; the swapper lies beside `models/`,
 # outside the pack, because FaceAnalysis would try to load every .onnx in its folder as an analysis model.
@@ -167,10 +168,10 @@ class InsightFaceSwap:
                  swapper_file: str = "inswapper_128.onnx", detection_size: int = 640, device: str = "auto"):
         home = Path(models_dir) / INSIGHTFACE_SUBDIR
         pack_dir, swapper_path = home / "models" / face_pack, home / swapper_file
-        for needed in (pack_dir, swapper_path):
-            if not needed.exists():
-                raise FileNotFoundError(f"{needed} is missing: insightface's models are the operator's to provide "
-                                        "(non-commercial licence; see README, Face swap); they are never downloaded")
+        missing = [needed for needed in (pack_dir, swapper_path) if not needed.exists()]
+        if missing:
+            raise missing_files(Path(models_dir), missing, "insightface's models are the operator's to provide "
+                                "(non-commercial licence; see README, Face swap); they are never downloaded")
         from insightface.app import FaceAnalysis
         from insightface.model_zoo import get_model
 

@@ -36,6 +36,7 @@ from deployments.events import (
     stream_in_thread,
     user_config_choice,
 )
+from deployments.weights import missing_files
 
 REALESRGAN_SUBDIR = "realesrgan"
 TILE_MARGIN = 16  # input pixels of context around each tile (x4plus's seams fade with it; 10 left some)
@@ -86,7 +87,8 @@ class Enhancer:
     def __init__(self, models_dir: str | Path, model: str = "realesr-animevideov3", tile_size: int = 256,
                  max_output_pixels: int = MAX_IMAGE_PIXELS, device: str = "auto", threads: int | None = None,
                  vulkan_device: int | None = None):
-        self.folder = Path(models_dir) / REALESRGAN_SUBDIR
+        self.models_dir = Path(models_dir)
+        self.folder = self.models_dir / REALESRGAN_SUBDIR
         self.tile_size, self.max_output_pixels = tile_size, max_output_pixels
         self.threads, self.vulkan_device = threads, vulkan_device
         self.use_gpu = use_gpu(device, ncnn.get_gpu_count() > 0, "ncnn (Vulkan)")
@@ -106,9 +108,9 @@ class Enhancer:
     def _net(self, network: Network) -> ncnn.Net:
         if network.stem not in self._nets:
             files = [self.folder / f"{network.stem}.{suffix}" for suffix in ("param", "bin")]
-            missing = [str(path) for path in files if not path.is_file()]
+            missing = [path for path in files if not path.is_file()]
             if missing:
-                raise FileNotFoundError(f"{', '.join(missing)} missing: run `backendai models fetch`")
+                raise missing_files(self.models_dir, missing, "run `backendai models fetch`")
             net = ncnn.Net()
             net.opt.use_vulkan_compute = self.use_gpu
             if self.use_gpu and self.vulkan_device is not None:
@@ -138,7 +140,7 @@ class Enhancer:
         try:
             net = self._net(network)
         except FileNotFoundError as exc:
-            raise InvalidInput(f"model {model} is not installed on this deployment ({exc})") from None
+            raise InvalidInput(f"model {model} is not installed on this deployment ({exc})") from exc
         source = np.asarray(image, dtype=np.float32) / 255.0
         height, width = source.shape[:2]
         # Each tile sees TILE_MARGIN pixels of real (or, at the border, mirrored) context, cropped off afterwards,

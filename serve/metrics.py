@@ -2,13 +2,15 @@
 
 Request counts and latencies belong to the process that answers (one ingress replica). Queue depth, tasks by
 status and task durations are read from Redis and the `ai_tasks` table at scrape time, so every replica answers
-the same numbers: the row, not a replica's memory, is the source of truth. Serve's own metrics (replicas,
-deployments, proxies) stay on each Ray node's metrics port.
+the same numbers: the row, not a replica's memory, is the source of truth. A scrape reads a bounded set of rows:
+the unfinished tasks, and those finished within METRICS_WINDOW_S, each through an index. Serve's own metrics
+(replicas, deployments, proxies) stay on each Ray node's metrics port.
 """
 
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 
 import redis
 import sqlalchemy as sa
@@ -19,8 +21,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tasks.config import get_settings
 from tasks.db import get_engine
-from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
+from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, UNFINISHED_STATUSES, AITask, TaskStatus, utcnow
 from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
 
@@ -94,41 +97,60 @@ def _queue_metrics() -> Iterator[Metric]:
     yield depth
 
 
-def _task_metrics() -> Iterator[Metric]:
-    """Three GROUP BY queries over ai_tasks; every type and status is reported, zero included, so that a series
-    exists before its first task and `increase()` sees the first one."""
-    duration = AITask.processing_time
-    at_most = [sa.func.sum(sa.case((duration <= bound, 1), else_=0)) for bound in TASK_DURATION_BUCKETS_S]
-    with get_engine().connect() as connection:
-        counts = connection.execute(sa.select(AITask.task_type, AITask.status, sa.func.count())
-                                    .group_by(AITask.task_type, AITask.status)).all()
-        cancelled = connection.execute(sa.select(AITask.task_type, sa.func.count())
-                                       .where(AITask.status == TaskStatus.FAILURE,
-                                              AITask.error_message == CANCELLED_MESSAGE)
-                                       .group_by(AITask.task_type)).all()
-        durations = connection.execute(sa.select(AITask.task_type, sa.func.count(), sa.func.sum(duration), *at_most)
-                                       .where(duration.is_not(None)).group_by(AITask.task_type)).all()
+def unfinished_counts() -> sa.Select:
+    """Unfinished tasks by type and status: as many rows as the backlog, read through the status index."""
+    return (sa.select(AITask.task_type, AITask.status, sa.func.count())
+            .where(AITask.status.in_(UNFINISHED_STATUSES)).group_by(AITask.task_type, AITask.status))
 
-    tasks = GaugeMetricFamily("backendai_tasks", "Tasks recorded in the database, by type and status.",
-                              labels=["task_type", "status"])
-    by_type_and_status = {(str(task_type), str(status)): count for task_type, status, count in counts}
+
+def finished_since(since: datetime) -> sa.Select:
+    """Tasks of the registered types finished since `since`, by type and status, with their cancels and the
+    successes' duration histogram: one range of the (task_type, status, completed_at) index per type and status."""
+    duration = AITask.processing_time
+    succeeded = AITask.status == TaskStatus.SUCCESS
+    at_most = [sa.func.sum(sa.case((sa.and_(succeeded, duration <= bound), 1), else_=0))
+               for bound in TASK_DURATION_BUCKETS_S]
+    cancelled = sa.func.sum(sa.case((AITask.error_message == CANCELLED_MESSAGE, 1), else_=0))
+    timed = sa.func.sum(sa.case((sa.and_(succeeded, duration.is_not(None)), 1), else_=0))
+    return (sa.select(AITask.task_type, AITask.status, sa.func.count(), cancelled, timed,
+                      sa.func.sum(sa.case((succeeded, duration), else_=None)), *at_most)
+            .where(AITask.task_type.in_(list(TASK_SPECS)), AITask.status.in_(FINISHED_STATUSES),
+                   AITask.completed_at >= since)
+            .group_by(AITask.task_type, AITask.status))
+
+
+def _task_metrics() -> Iterator[Metric]:
+    """Two bounded queries (unfinished tasks; tasks finished within METRICS_WINDOW_S) instead of a scan of every
+    task ever run. Every type and status is reported, zero included, so that a series exists before its first
+    task."""
+    window_s = get_settings().metrics_window_s
+    with get_engine().connect() as connection:
+        unfinished = connection.execute(unfinished_counts()).all()
+        finished = connection.execute(finished_since(utcnow() - timedelta(seconds=window_s))).all()
+
+    tasks = GaugeMetricFamily("backendai_tasks", f"Tasks by type and status: every unfinished one, and those that "
+                              f"finished in the last {window_s} s (METRICS_WINDOW_S).", labels=["task_type", "status"])
+    by_type_and_status = {(str(task_type), str(status)): count for task_type, status, count in unfinished}
+    by_type_and_status.update({(str(task_type), str(status)): count for task_type, status, count, *_ in finished})
     for task_type in TASK_SPECS:
         for status in TaskStatus:
             tasks.add_metric([task_type, status], by_type_and_status.get((task_type, status), 0))
     yield tasks
 
     # Cancels are FAILURE rows in the v1 contract; failures proper are backendai_tasks{status="FAILURE"} minus these.
-    cancels = GaugeMetricFamily("backendai_tasks_cancelled", "Tasks cancelled by their owner, by type (counted in "
-                                "backendai_tasks as FAILURE too).", labels=["task_type"])
-    cancelled_by_type = {str(task_type): count for task_type, count in cancelled}
+    cancels = GaugeMetricFamily("backendai_tasks_cancelled", f"Tasks cancelled by their owner in the last {window_s} "
+                                f"s, by type (counted in backendai_tasks as FAILURE too).", labels=["task_type"])
+    cancelled_by_type = {str(task_type): count for task_type, status, _, count, *_ in finished
+                         if status == TaskStatus.FAILURE}
     for task_type in TASK_SPECS:
-        cancels.add_metric([task_type], cancelled_by_type.get(task_type, 0))
+        cancels.add_metric([task_type], cancelled_by_type.get(task_type, 0) or 0)
     yield cancels
 
-    histogram = HistogramMetricFamily("backendai_task_processing_seconds",
-                                      "Start-to-completion seconds of successful tasks (their processing_time).",
+    histogram = HistogramMetricFamily("backendai_task_processing_seconds", f"Start-to-completion seconds of the "
+                                      f"tasks that succeeded in the last {window_s} s (their processing_time).",
                                       labels=["task_type"])
-    by_type = {str(task_type): (count, total, bucket_counts) for task_type, count, total, *bucket_counts in durations}
+    by_type = {str(task_type): (count, total, bucket_counts) for task_type, status, _, _, count, total, *bucket_counts
+               in finished if status == TaskStatus.SUCCESS}
     for task_type in TASK_SPECS:
         count, total, bucket_counts = by_type.get(task_type, (0, 0.0, [0] * len(TASK_DURATION_BUCKETS_S)))
         buckets = [(floatToGoString(bound), int(at)) for bound, at in zip(TASK_DURATION_BUCKETS_S, bucket_counts,

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")
     rate_limit_per_minute: int = Field(default=6000, description="Requests per minute per key (or per client "
                                        "address without a key); 0 turns the limit off.")
+    max_queued_per_key: int = Field(default=1000, description="Tasks one key (or client address without a key) "
+                                    "may have queued or running; a create beyond is refused (429). 0: no cap.")
 
     # Webhooks.
     webhook_secret: str | None = Field(default=None, description="HMAC key; generated into DATA_DIR if unset.")
@@ -64,6 +66,10 @@ class Settings(BaseSettings):
     # Retention: inputs and results of finished tasks are deleted after this long (celery beat runs the job).
     result_ttl_s: int = 7 * 24 * 3600
     expiry_interval_s: int = 3600
+
+    # Monitoring.
+    metrics_window_s: int = Field(default=3600, description="/metrics counts finished tasks and their durations "
+                                  "over this last stretch of time only, so a scrape reads a bounded set of rows.")
 
     # Job execution.
     max_retries: int = 3

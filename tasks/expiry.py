@@ -1,7 +1,8 @@
 """Retention: a periodic job (celery beat) deletes the inputs and results of tasks finished long ago."""
 
 import logging
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -13,23 +14,44 @@ from tasks.storage import get_storage
 
 log = logging.getLogger(__name__)
 
+BATCH_SIZE = 1000
+# One run stops starting batches after this long, well inside EXPIRY_INTERVAL_S; the next run goes on.
+RUN_BUDGET_S = 300.0
 
-def expire_finished_before(cutoff) -> int:
-    """Delete the files of tasks finished before `cutoff` and mark them expired; returns how many."""
-    storage = get_storage()
+
+def _mark_batch(cutoff: datetime, size: int) -> list[list[str]]:
+    """Mark up to `size` tasks finished before `cutoff` expired and commit; returns each one's file keys. Only rows
+    this UPDATE changed come back, so two runs at once never share a row."""
+    due = (sa.select(AITask.id).where(AITask.completed_at < cutoff, AITask.expired_at.is_(None),
+                                      AITask.status.in_(FINISHED_STATUSES))
+           .order_by(AITask.completed_at).limit(size))
+    statement = (sa.update(AITask).where(AITask.id.in_(due.scalar_subquery()), AITask.expired_at.is_(None))
+                 .values(expired_at=utcnow())
+                 .returning(AITask.input_image, AITask.result_image, AITask.extra_inputs))
     with session_scope() as session:
-        tasks = session.exec(
-            sa.select(AITask).where(AITask.status.in_(FINISHED_STATUSES), AITask.completed_at < cutoff,
-                                    AITask.expired_at.is_(None)).limit(1000)
-        ).scalars().all()
-        for task in tasks:
-            for key in (task.input_image, task.result_image, *(task.extra_inputs or {}).values()):
-                if key:
-                    storage.delete(key)
-            task.expired_at = utcnow()
-            session.add(task)
+        marked = session.execute(statement, execution_options={"synchronize_session": False}).all()
         session.commit()
-    return len(tasks)
+    return [[key for key in (input_image, result_image, *(extra or {}).values()) if key]
+            for input_image, result_image, extra in marked]
+
+
+def expire_finished_before(cutoff: datetime, budget_s: float = RUN_BUDGET_S, batch_size: int = BATCH_SIZE) -> int:
+    """Expire tasks finished before `cutoff` a batch at a time until none is left or `budget_s` has passed;
+    returns how many. Each batch's mark is committed before its files are deleted, outside any transaction: a
+    file that fails to delete is logged and left behind, and its task still says expired (410)."""
+    storage = get_storage()
+    deadline = time.monotonic() + budget_s
+    expired = 0
+    while True:
+        batch = _mark_batch(cutoff, batch_size)
+        for key in (key for keys in batch for key in keys):
+            try:
+                storage.delete(key)
+            except Exception as exc:  # the storage is the operator's (a bucket, a disk): any error may come
+                log.warning("expiry: %s not deleted: %s", key, exc)
+        expired += len(batch)
+        if len(batch) < batch_size or time.monotonic() >= deadline:
+            return expired
 
 
 @celery_app.task(name="tasks.expire_old_tasks", ignore_result=True)

@@ -29,6 +29,7 @@ class TaskStatus(StrEnum):
 
 
 FINISHED_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE})
+UNFINISHED_STATUSES = (TaskStatus.PENDING, TaskStatus.RETRY, TaskStatus.PROCESSING)
 CANCELLED_MESSAGE = "Cancelled by user"
 
 
@@ -71,19 +72,33 @@ class APIKey(SQLModel, table=True):
     revoked_at: datetime | None = _timestamp()
 
 
+# Rows whose files the expiry job has yet to delete: its index stays small however many tasks ever ran.
+UNEXPIRED = sa.text("expired_at IS NULL")
+
+
 class AITask(SQLModel, table=True):
     """One AI job: its input, progress, outcome and timing."""
 
     __tablename__ = "ai_tasks"
+    # Each lookup a request or a periodic job makes has an index (migration 0007 says which for what).
     __table_args__ = (
         sa.Index("ix_ai_tasks_status_created_at", "status", "created_at"),
         sa.Index("ix_ai_tasks_celery_task_id", "celery_task_id"),
+        sa.Index("ix_ai_tasks_result_image", "result_image"),
+        sa.Index("ix_ai_tasks_type_status_created_at", "task_type", "status", "created_at"),
+        sa.Index("ix_ai_tasks_type_status_completed_at", "task_type", "status", "completed_at"),
+        sa.Index("ix_ai_tasks_owner_created_at", "api_key_id", "created_at", "id"),
+        sa.Index("ix_ai_tasks_submitter_status", "submitter", "status"),
+        sa.Index("ix_ai_tasks_unexpired_completed_at", "completed_at", postgresql_where=UNEXPIRED,
+                 sqlite_where=UNEXPIRED),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     celery_task_id: str | None = Field(default=None, max_length=255, unique=True)
-    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id", index=True,
+    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id",
                                          description="Owner; None for tasks made without a key.")
+    submitter: str | None = Field(default=None, max_length=100, description="key:<id>, or ip:<client address> "
+                                  "without a key: whom the cap on queued tasks per key counts against.")
     idempotency_scope: str | None = Field(default=None, max_length=400, unique=True,
                                           description="Owner and Idempotency-Key header of the create request.")
     request_fingerprint: str | None = Field(default=None, max_length=64, description="SHA-256 of the request.")

@@ -16,7 +16,15 @@ from tasks import progress
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import session_scope
-from tasks.models import CANCELLED_MESSAGE, FINISHED_STATUSES, AITask, TaskStatus, TaskType, utcnow
+from tasks.models import (
+    CANCELLED_MESSAGE,
+    FINISHED_STATUSES,
+    UNFINISHED_STATUSES,
+    AITask,
+    TaskStatus,
+    TaskType,
+    utcnow,
+)
 from tasks.registry import TASK_SPECS
 from tasks.storage import Storage, get_storage
 from tasks.webhooks import notify_finished
@@ -35,6 +43,10 @@ class TaskAlreadyFinished(Exception):
     pass
 
 
+class TooManyQueued(Exception):
+    """The submitter already has MAX_QUEUED_PER_KEY tasks queued or running; nothing of the request was kept."""
+
+
 @dataclass(frozen=True)
 class TaskRequest:
     """A validated create request."""
@@ -45,6 +57,7 @@ class TaskRequest:
     image_png: bytes | None = None
     extra_pngs: dict[str, bytes] = field(default_factory=dict)
     owner: uuid.UUID | None = None  # the API key's id
+    submitter: str | None = None  # key:<id> or ip:<address>, counted by the cap on queued tasks
     idempotency_key: str | None = None
     webhook_url: str | None = None
 
@@ -85,6 +98,7 @@ def create_task(request: TaskRequest) -> tuple[AITask, bool]:
     earlier = _replay(request)
     if earlier is not None:
         return earlier, True
+    _refuse_over_cap(request.submitter)
     spec = TASK_SPECS[request.task_type]
     storage = get_storage()
     input_key = storage.put("input", request.image_png) if request.image_png is not None else None
@@ -92,7 +106,8 @@ def create_task(request: TaskRequest) -> tuple[AITask, bool]:
     stored = [key for key in (input_key, *extra_inputs.values()) if key]
     task = AITask(task_type=request.task_type, prompt=request.prompt, parameters=request.parameters,
                   input_image=input_key, extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
-                  api_key_id=request.owner, idempotency_scope=request.idempotency_scope,
+                  api_key_id=request.owner, submitter=request.submitter,
+                  idempotency_scope=request.idempotency_scope,
                   request_fingerprint=request.fingerprint(), webhook_url=request.webhook_url,
                   max_retries=get_settings().max_retries, message="Queued")
     try:
@@ -120,6 +135,19 @@ def create_task(request: TaskRequest) -> tuple[AITask, bool]:
         _delete_all(storage, stored)
         raise QueueUnavailable(str(exc)) from exc
     return task, False
+
+
+def _refuse_over_cap(submitter: str | None) -> None:
+    """One submitter's backlog may not crowd out everyone else's. Counted up to the cap only, by the (submitter,
+    status) index; creates that race past the check at once may exceed it by their number."""
+    cap = get_settings().max_queued_per_key
+    if not cap or submitter is None:
+        return
+    mine = (sa.select(AITask.id).where(AITask.submitter == submitter, AITask.status.in_(UNFINISHED_STATUSES))
+            .limit(cap).subquery())
+    with session_scope() as session:
+        if session.exec(sa.select(sa.func.count()).select_from(mine)).scalar_one() >= cap:
+            raise TooManyQueued(cap)
 
 
 def _delete_all(storage: Storage, keys: list[str]) -> None:
@@ -187,11 +215,7 @@ def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
     with session_scope() as session:
         ahead = session.exec(sa.select(sa.func.count()).select_from(AITask).where(ahead_query)).scalar_one()
         running = session.exec(sa.select(AITask.progress, AITask.message).where(claimed)).all()
-        finished = session.exec(
-            sa.select(AITask).where(same_type, AITask.status == TaskStatus.SUCCESS,
-                                    AITask.processing_time.is_not(None))
-            .order_by(AITask.completed_at.desc()).limit(recent)
-        ).scalars().all()
+        finished = session.exec(recent_successes(task.task_type, recent)).scalars().all()
     typical = _median([done.processing_time for done in finished])
     if typical is None:
         return QueueEstimate(position=ahead, eta_seconds=None)
@@ -205,9 +229,22 @@ def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
     return QueueEstimate(position=ahead, eta_seconds=round(remaining / slots + own, 2))
 
 
+def recent_successes(task_type: str, recent: int) -> sa.Select:
+    """The type's last `recent` successful tasks, newest first: read on every status poll of a waiting task, from
+    the (task_type, status, completed_at) index."""
+    return (sa.select(AITask).where(AITask.task_type == task_type, AITask.status == TaskStatus.SUCCESS,
+                                    AITask.processing_time.is_not(None))
+            .order_by(AITask.completed_at.desc()).limit(recent))
+
+
+def task_by_result(result_key: str) -> sa.Select:
+    """The task of a result file: read on every `/media/…` view, from the result_image index."""
+    return sa.select(AITask).where(AITask.result_image == result_key)
+
+
 def get_task_by_result(result_key: str) -> AITask | None:
     with session_scope() as session:
-        return session.exec(sa.select(AITask).where(AITask.result_image == result_key)).scalar_one_or_none()
+        return session.exec(task_by_result(result_key)).scalar_one_or_none()
 
 
 def is_cancelled(task: AITask) -> bool:

@@ -2,6 +2,9 @@
 
 Signature: header `X-Backendai-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` with the
 WEBHOOK_SECRET (generated once into DATA_DIR when unset). Receivers recompute it and reject old timestamps.
+
+The target's host is resolved once per attempt, every address checked, and the request sent to the checked address:
+a DNS answer that changes between a check and the connection (rebinding) cannot steer it inside.
 """
 
 import hashlib
@@ -9,6 +12,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import socket
 import time
@@ -36,29 +40,56 @@ class WebhookRefused(ValueError):
     """The URL may not be called (bad scheme, unresolvable, or a private address while those are not allowed)."""
 
 
-def check_webhook_url(url: str) -> str:
-    """Refuse URLs that would make this server call itself or its private network (SSRF), and URLs no HTTP client
-    could send (spaces or control characters, a bad port, a broken IPv6 literal)."""
+def _sendable(url: str) -> httpx.URL:
+    """The URL, if an HTTP client could send it: no spaces or control characters, a valid port and IPv6 literal,
+    http(s) with a host."""
     if any(char.isspace() or not char.isprintable() for char in url):
         raise WebhookRefused("webhook_url must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
+        parts.port  # noqa: B018  (raises on a bad port)
+        parsed = httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise WebhookRefused(f"webhook_url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhook_url must be an absolute http(s) URL")
-    if get_settings().webhook_allow_private:
-        return url
+    return parsed
+
+
+def _checked_address(url: httpx.URL) -> str:
+    """The address to send to: the host resolved once, every address it resolves to checked (unless private
+    targets are allowed), the first one returned."""
+    host = url.raw_host.decode("ascii")
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port or 443)}
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, url.port or 443, type=socket.SOCK_STREAM)]
     except (socket.gaierror, UnicodeError):
-        raise WebhookRefused(f"webhook_url host {parts.hostname!r} does not resolve") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise WebhookRefused(f"webhook_url resolves to a non-public address ({ip}); refused")
+        raise WebhookRefused(f"webhook_url host {url.host!r} does not resolve") from None
+    if not get_settings().webhook_allow_private:
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global:
+                raise WebhookRefused(f"webhook_url resolves to a non-public address ({ip}); refused")
+    return addresses[0].split("%")[0]
+
+
+def check_webhook_url(url: str) -> str:
+    """Refuse URLs that would make this server call itself or its private network (SSRF), and URLs no HTTP client
+    could send. At create, to answer 400 at once; `post_webhook` checks again the address it sends to."""
+    parsed = _sendable(url)
+    if not get_settings().webhook_allow_private:
+        _checked_address(parsed)
     return url
+
+
+def post_webhook(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST `body` to the address `url`'s host resolves to now, once checked: the URL names that address, the Host
+    header the host, and TLS sends and verifies the certificate against the host name (httpx's sni_hostname)."""
+    parsed = _sendable(url)
+    pinned = parsed.copy_with(host=_checked_address(parsed))
+    host = parsed.raw_host.decode("ascii")
+    with httpx.Client(timeout=10, follow_redirects=False) as client:
+        return client.post(pinned, content=body, headers={**headers, "Host": parsed.netloc.decode("ascii")},
+                           extensions={"sni_hostname": host})
 
 
 @lru_cache
@@ -68,9 +99,19 @@ def webhook_secret() -> bytes:
         return settings.webhook_secret.encode()
     path = settings.data_dir / "webhook_secret"
     if not path.exists():
+        # Processes that start together all get here: each writes a candidate of its own and links it into place,
+        # which succeeds for one of them only, so every process reads the same key.
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
+        candidate = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(32))
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process won
+        finally:
+            candidate.unlink()
     return path.read_text().strip().encode()
 
 
@@ -112,8 +153,7 @@ def deliver_webhook(self, task_id: str) -> None:
     timestamp = int(time.time())
     attempt: dict[str, Any] = {"attempt": self.request.retries + 1, "at": utcnow().isoformat()}
     try:
-        check_webhook_url(task.webhook_url)  # again at delivery: DNS may have changed since create
-        response = httpx.post(task.webhook_url, content=body, timeout=10, follow_redirects=False, headers={
+        response = post_webhook(task.webhook_url, body, {
             "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, timestamp, webhook_secret()),
             "User-Agent": "backendai-webhooks"})
         attempt["status_code"] = response.status_code

@@ -53,6 +53,7 @@ os.environ.update(
     BROKER_VISIBILITY_TIMEOUT_S="15",
     PROGRESS_MIN_INTERVAL_S="0",
     RATE_LIMIT_PER_MINUTE="0",  # tests poll hard; the limit itself is tested with per-key limits
+    MAX_QUEUED_PER_KEY="0",  # tests queue many tasks no worker runs; the cap itself is tested with a low one
     WEBHOOK_ALLOW_PRIVATE="true",  # the webhook receiver in the tests listens on 127.0.0.1
 )
 

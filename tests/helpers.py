@@ -3,6 +3,7 @@
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -48,3 +49,10 @@ def published_events(pubsub, task_id: str, timeout_s: float = 10) -> list[dict]:
                 if event.get("status") in ("SUCCESS", "FAILURE"):
                     break
     return events
+
+
+def assert_names_files_in_models_dir(error: BaseException, models_dir: Path, *files: str) -> None:
+    """An error a user may read names model files relative to MODELS_DIR and no server path."""
+    message = str(error)
+    assert str(models_dir) not in message, message
+    assert all(f"MODELS_DIR/{name}" in message for name in files), message

@@ -49,6 +49,8 @@ CREATE_FORM_LIMITS = {"max_fields": 16, "max_files": 8, "max_part_size": FORM_PA
 # `Prefer: wait=N` holds the create answer until the task is done, up to this long; longer jobs belong to the
 # status, events and webhook routes.
 MAX_PREFER_WAIT_S = 60
+# A create refused for too many queued tasks is worth retrying after about this long.
+QUEUED_CAP_RETRY_AFTER_S = 30
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 CREATE_EXAMPLES = {
     "background_removal": {"summary": "Cut out the subject (attach `image`)", "value": {
@@ -203,13 +205,18 @@ async def create_task(
     task_request = service.TaskRequest(
         task_type=spec.task_type, prompt=prompt, parameters=checked_parameters,
         image_png=uploaded.png if uploaded else None, extra_pngs={name: extra.png for name, extra in extras.items()},
-        owner=caller.key_id, idempotency_key=idempotency_key, webhook_url=webhook_url or None,
+        owner=caller.key_id, submitter=caller.identity, idempotency_key=idempotency_key,
+        webhook_url=webhook_url or None,
     )
     try:
         task, replayed = await run_in_threadpool(service.create_task, task_request)
     except service.IdempotencyConflict as conflict:
         raise ApiError(409, "Idempotency-Key was already used with a different request",
                        {"task_id": str(conflict.args[0])}) from None
+    except service.TooManyQueued as refused:
+        raise ApiError(429, f"Too many tasks queued: {refused.args[0]} of yours are queued or running, the most "
+                            f"one key (or client address) may have; retry once some have finished",
+                       headers={"Retry-After": str(QUEUED_CAP_RETRY_AFTER_S)}) from None
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     if wait_s := _prefer_wait_s(prefer):

@@ -73,6 +73,40 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(api_client, databas
     assert api_client.get(f"/api/v1/tasks/{uuid.uuid4()}/status/", headers={"X-API-Key": other}).status_code == 404
 
 
+def test_a_key_with_too_many_queued_tasks_gets_429_until_one_finishes(api_client, settings, monkeypatch):
+    monkeypatch.setattr(settings, "max_queued_per_key", 2)
+    key, _ = create_key("busy")
+    token = f"cap-{uuid.uuid4()}"
+    queued = [_create(api_client, key, colour=(0, 0, 0)), _create(api_client, key, token, colour=(1, 0, 0))]
+    assert [response.status_code for response in queued] == [201, 201]
+    refused = _create(api_client, key, colour=(9, 0, 0))
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+    assert "2 of yours are queued or running" in refused.json()["error"]
+    replayed = _create(api_client, key, token, colour=(1, 0, 0))  # a replay queues nothing: never refused
+    assert replayed.status_code == 201 and replayed.headers["Idempotent-Replayed"] == "true"
+    other, _ = create_key("not busy")
+    elsewhere = _create(api_client, other)  # another key has a cap of its own
+    assert elsewhere.status_code == 201
+    api_client.post(f"/api/v1/tasks/{elsewhere.json()['task_id']}/cancel/", headers={"X-API-Key": other})
+    first = queued[0].json()["task_id"]
+    assert api_client.post(f"/api/v1/tasks/{first}/cancel/", headers={"X-API-Key": key}).status_code == 200
+    again = _create(api_client, key, colour=(10, 0, 0))
+    assert again.status_code == 201
+    for task_id in (queued[1].json()["task_id"], again.json()["task_id"]):
+        api_client.post(f"/api/v1/tasks/{task_id}/cancel/", headers={"X-API-Key": key})
+
+
+def test_tasks_without_a_key_are_capped_by_client_address(api_client, settings, monkeypatch):
+    from tasks.service import get_task
+
+    created = _create(api_client, None, colour=(7, 7, 7))
+    assert get_task(uuid.UUID(created.json()["task_id"])).submitter == "ip:testclient"
+    monkeypatch.setattr(settings, "max_queued_per_key", 1)  # this client has at least the task above queued
+    refused = _create(api_client, None, colour=(8, 8, 8))
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    api_client.post(f"/api/v1/tasks/{created.json()['task_id']}/cancel/")
+
+
 def test_idempotency_key_replays_the_same_task_and_refuses_a_different_body(api_client, database):
     key, _ = create_key("idempotent")
     token = f"order-{uuid.uuid4()}"

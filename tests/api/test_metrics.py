@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve.stack import free_port
 from tasks.db import session_scope
-from tasks.models import AITask, TaskStatus, TaskType, utcnow
+from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType, utcnow
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -51,7 +51,8 @@ def test_tasks_and_their_durations_are_read_from_the_rows(api_client, redis_clie
     rows = [AITask(task_type=TaskType.BACKGROUND_REMOVAL, prompt="metrics", status=TaskStatus.SUCCESS,
                    started_at=now, completed_at=now + timedelta(seconds=seconds), processing_time=seconds)
             for seconds in (0.3, 3.0, 700.0)]
-    rows.append(AITask(task_type=TaskType.BACKGROUND_REMOVAL, prompt="metrics", status=TaskStatus.FAILURE))
+    rows.append(AITask(task_type=TaskType.BACKGROUND_REMOVAL, prompt="metrics", status=TaskStatus.FAILURE,
+                       completed_at=now))
     before = scrape(api_client)
     with session_scope() as session:
         session.add_all(rows)
@@ -94,10 +95,8 @@ def test_a_scrape_with_redis_down_still_answers_and_says_which_source_is_down(uv
 
 
 def test_cancels_have_their_own_series(api_client):
-    from tasks.models import CANCELLED_MESSAGE
-
-    rows = [AITask(task_type=TaskType.FACE_SWAP, prompt="metrics", status=TaskStatus.FAILURE, error_message=error)
-            for error in (CANCELLED_MESSAGE, CANCELLED_MESSAGE, "RuntimeError: out of memory")]
+    rows = [AITask(task_type=TaskType.FACE_SWAP, prompt="metrics", status=TaskStatus.FAILURE, error_message=error,
+                   completed_at=utcnow()) for error in (CANCELLED_MESSAGE, CANCELLED_MESSAGE, "RuntimeError: oom")]
     before = scrape(api_client)
     with session_scope() as session:
         session.add_all(rows)
@@ -116,3 +115,31 @@ def test_cancels_have_their_own_series(api_client):
     assert moved("backendai_tasks", task_type="face_swap", status="FAILURE") == 3  # v1: a cancel is a FAILURE row
     assert {("backendai_tasks_cancelled", frozenset({"task_type": task_type}.items())) for task_type in TaskType} \
         <= set(after)
+
+
+def test_finished_tasks_count_within_the_window_and_unfinished_ones_always(api_client, settings):
+    """A scrape reads the backlog and the last METRICS_WINDOW_S of finished tasks, not every task ever run."""
+    long_ago = utcnow() - timedelta(seconds=settings.metrics_window_s + 60)
+    rows = [AITask(task_type=TaskType.STYLE_TRANSFER, prompt="metrics", status=TaskStatus.SUCCESS,
+                   completed_at=long_ago, processing_time=1.0),
+            AITask(task_type=TaskType.STYLE_TRANSFER, prompt="metrics", status=TaskStatus.FAILURE,
+                   completed_at=long_ago, error_message=CANCELLED_MESSAGE),
+            AITask(task_type=TaskType.STYLE_TRANSFER, prompt="metrics", status=TaskStatus.RETRY, created_at=long_ago)]
+    before = scrape(api_client)
+    with session_scope() as session:
+        session.add_all(rows)
+        session.commit()
+    try:
+        after = scrape(api_client)
+    finally:
+        with session_scope() as session:
+            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
+            session.commit()
+
+    def moved(name: str, **labels: str) -> float:
+        labels = {"task_type": "style_transfer", **labels}
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("backendai_tasks", status="RETRY") == 1
+    assert moved("backendai_tasks", status="SUCCESS") == moved("backendai_tasks", status="FAILURE") == 0
+    assert moved("backendai_tasks_cancelled") == 0 and moved("backendai_task_processing_seconds_count") == 0

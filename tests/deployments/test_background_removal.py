@@ -9,7 +9,7 @@ from PIL import Image
 from deployments.background_removal import BackgroundRemover
 from deployments.catalogue import BACKGROUND_MODELS, MEDIAPIPE_SELFIE
 from deployments.events import InvalidInput
-from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
+from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of, assert_names_files_in_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,10 @@ def test_bytes_that_are_not_an_image_are_invalid_input(remover):
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backendai models fetch"):
+    with pytest.raises(FileNotFoundError, match="backendai models fetch") as missing:
         BackgroundRemover(tmp_path, "u2netp")
+    assert_names_files_in_models_dir(missing.value, tmp_path, "rembg/u2netp.onnx")
+    assert missing.value.__notes__ == [f"full paths: {tmp_path / 'rembg' / 'u2netp.onnx'}"]  # for the operator
 
 
 # -- model choice, person-only segmentation, alpha matting, background colour -----------------------------------

@@ -24,7 +24,7 @@ from tests.face_images import (
     no_face,
     two_face_target,
 )
-from tests.helpers import png_bytes
+from tests.helpers import assert_names_files_in_models_dir, png_bytes
 from tests.insightface_standins import FACE_SIZE, swapped_colour, write_standins
 
 
@@ -176,5 +176,7 @@ def test_insightface_path_without_a_source_face_is_invalid_input(insightface_swa
 
 
 def test_insightface_models_are_never_downloaded(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(FileNotFoundError, match="never downloaded") as missing:
         FaceSwapper(tmp_path, "insightface")
+    assert_names_files_in_models_dir(missing.value, tmp_path, "insightface/models/buffalo_l",
+                                     "insightface/inswapper_128.onnx")

@@ -19,7 +19,7 @@ from skimage.metrics import structural_similarity
 
 from deployments.events import InvalidInput
 from deployments.image_enhancement import Enhancer
-from tests.helpers import png_bytes
+from tests.helpers import assert_names_files_in_models_dir, png_bytes
 
 ORIGINAL_SIDE = 256
 
@@ -106,8 +106,9 @@ def test_classic_mode_needs_no_weights(tmp_path: Path, original):
     low = shrunk(original, 2)
     enhanced, metadata, _ = enhance(weightless, low, scale=2, local_contrast=True)
     assert enhanced.size == original.size and metadata["model"] == "classic"
-    with pytest.raises(InvalidInput, match="not installed"):
+    with pytest.raises(InvalidInput, match="not installed") as not_installed:
         enhance(weightless, low, model="realesrgan-x4plus")
+    assert_names_files_in_models_dir(not_installed.value, tmp_path, "realesrgan/REALESRGAN_X4PLUS_UP4X.param")
 
 
 def test_output_over_the_pixel_cap_is_invalid_input(settings, original):
@@ -117,8 +118,9 @@ def test_output_over_the_pixel_cap_is_invalid_input(settings, original):
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="backendai models fetch"):
+    with pytest.raises(FileNotFoundError, match="backendai models fetch") as missing:
         Enhancer(tmp_path, "realesrgan-x4plus", device="cpu")
+    assert_names_files_in_models_dir(missing.value, tmp_path, "realesrgan/REALESRGAN_X4PLUS_UP4X.bin")
 
 
 # -- the deployment's user_config: switching the default model in place -----------------------------------------

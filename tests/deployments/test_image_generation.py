@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from deployments.diffusion import SCHEDULERS, build_tiny_stable_diffusion
 from deployments.events import InvalidInput
 from deployments.image_generation import GenerationQueue, GenerationRequest, ImageGenerator
+from tests.helpers import assert_names_files_in_models_dir
 
 TINY_MODEL = "tiny-sd-random-noise"
 
@@ -117,8 +118,10 @@ def test_rebuilding_the_tiny_model_gives_the_same_weights(settings, tmp_path):
 
 
 def test_a_missing_model_names_the_commands_that_provide_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backendai models fetch.*prefetch_hub_models"):
+    with pytest.raises(FileNotFoundError, match="backendai models fetch.*prefetch_hub_models") as missing:
         ImageGenerator(tmp_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu")
+    assert_names_files_in_models_dir(missing.value, tmp_path,
+                                     "stable-diffusion-v1-5/stable-diffusion-v1-5/model_index.json")
 
 
 # -- the queue: batching, per-caller progress, cancel -----------------------------------------------------------

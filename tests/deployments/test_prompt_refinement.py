@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from deployments.prompt_refinement import PromptRefiner, _model_terms, append_terms
+from tests.helpers import assert_names_files_in_models_dir
 
 SEED_PROMPT = "beautiful sunset over mountains"
 
@@ -95,8 +96,12 @@ def test_the_transformers_backend_appends_the_models_details_to_the_users_words(
 def test_misconfigured_backends_fail_with_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match="use template"):
         PromptRefiner(tmp_path, backend="magic")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="config.json") as missing:
         PromptRefiner(tmp_path, backend="transformers", model="absent")
+    assert_names_files_in_models_dir(missing.value, tmp_path, "absent/config.json")
+    with pytest.raises(FileNotFoundError, match="put the gguf file there") as missing:
+        PromptRefiner(tmp_path, backend="gguf", model="absent.gguf")
+    assert_names_files_in_models_dir(missing.value, tmp_path, "absent.gguf")
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(RuntimeError, match="llama-cpp-python"):  # not installed here: the gguf path says so
         PromptRefiner(tmp_path, backend="gguf", model="model.gguf")

@@ -17,7 +17,7 @@ from skimage.metrics import structural_similarity
 
 from deployments.events import InvalidInput
 from deployments.style_transfer import Stylizer
-from tests.helpers import png_bytes
+from tests.helpers import assert_names_files_in_models_dir, png_bytes
 
 SIDE = 128
 
@@ -124,8 +124,9 @@ def test_unknown_style_is_invalid_input(stylizer, photo):
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="backendai models fetch"):
+    with pytest.raises(FileNotFoundError, match="backendai models fetch") as missing:
         Stylizer(tmp_path)
+    assert_names_files_in_models_dir(missing.value, tmp_path, "styletransfer/multistyle26.onnx")
 
 
 def test_img2img_backend_repaints_through_the_shared_pipeline_loader(settings, photo):

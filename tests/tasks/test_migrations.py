@@ -1,6 +1,7 @@
 """The Alembic migrations build the v1 task table, its statuses and indexes on SQLite and on Postgres."""
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -26,7 +27,48 @@ def test_table_has_the_v1_fields_and_indexes(migrated_url):
                    "created_at", "started_at", "completed_at", "processing_time"}
     assert v1_fields <= columns
     indexes = {tuple(index["column_names"]) for index in inspector.get_indexes("ai_tasks")}
-    assert {("status", "created_at"), ("celery_task_id",)} <= indexes
+    assert {("status", "created_at"), ("celery_task_id",)} | LOOKUP_INDEXES <= indexes
+
+
+# Migration 0007: the lookups requests (and the expiry job) make.
+LOOKUP_INDEXES = {("result_image",), ("task_type", "status", "created_at"), ("task_type", "status", "completed_at"),
+                  ("api_key_id", "created_at", "id"), ("submitter", "status"), ("completed_at",)}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def scratch_url(request, tmp_path, database) -> Iterator[str]:
+    """An empty database of its own, to migrate up and down without touching the run's."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'scratch.db'}"
+        return
+    url = sa.make_url(database)
+    scratch = f"{url.database}_scratch"
+    server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with server.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{scratch}"'))
+    try:
+        yield url.set(database=scratch).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+
+
+def test_the_lookup_indexes_migrate_down_and_up_again(scratch_url):
+    from alembic import command
+
+    from tasks.db import alembic_config
+
+    def indexes() -> set[tuple[str, ...]]:
+        engine = sa.create_engine(scratch_url, poolclass=sa.pool.NullPool)
+        return {tuple(index["column_names"]) for index in sa.inspect(engine).get_indexes("ai_tasks")}
+
+    migrate(scratch_url)
+    assert LOOKUP_INDEXES <= indexes()
+    command.downgrade(alembic_config(scratch_url), "0006")
+    assert not LOOKUP_INDEXES & indexes() and ("api_key_id",) in indexes()
+    migrate(scratch_url)
+    assert LOOKUP_INDEXES <= indexes()
+    command.check(alembic_config(scratch_url))
 
 
 INSERT = sa.text("INSERT INTO ai_tasks (id, task_type, status, prompt, parameters, progress, retry_count, max_retries, "
