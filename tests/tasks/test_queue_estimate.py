@@ -25,11 +25,10 @@ FINISHED_AT = datetime(2100, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def rows(database):
-    """Adds rows (kwargs per row) and removes them after the test. The estimate counts every task of a type that
-    is running now, whatever its date, so unfinished rows that earlier tests left behind are ended first."""
+    """Adds rows (kwargs per row) and removes them after the test. The estimate reads every task of a type (those
+    running now, the recent durations), so the rows of earlier tests in this run are removed first."""
     with session_scope() as session:
-        session.execute(sa.update(AITask).where(AITask.status.in_(
-            (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY))).values(status=TaskStatus.FAILURE))
+        session.execute(sa.delete(AITask))
         session.commit()
     added: list[AITask] = []
 
