@@ -151,8 +151,9 @@ def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, ht
     try:
         _eventually(lambda: applied({"model": "mediapipe-selfie"}))
         assert removal_model() == "mediapipe-selfie"
-        assert set(replica_pids()) == replicas
+        # No replica was started for it (the deployment autoscales, so an idle one may have been retired meanwhile).
+        assert set(replica_pids()) <= replicas and set(replica_pids())
     finally:
         deploy(original)
         _eventually(lambda: applied(removal_deployment(original)["user_config"]))
-    assert set(replica_pids()) == replicas
+    assert set(replica_pids()) <= replicas and set(replica_pids())
