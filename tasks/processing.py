@@ -16,7 +16,7 @@ from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.consumer import RunningTask, Stop, supervisor
-from tasks.models import AITask
+from tasks.models import AITask, utcnow
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
 from tasks.webhooks import notify_finished
@@ -36,10 +36,17 @@ class _Stopped(Exception):
         self.retry = stop.retry
 
 
+class _ClusterUnavailable(Exception):
+    """The deployment could not be reached before any model work began: Ray or Serve is (re)starting."""
+
+
 def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], writer: progress.ProgressWriter,
                   **call: Any) -> dict[str, Any]:
     """Call one deployment, streaming its events into the row within `span`; return its result payload."""
-    handle, generation = ray_client.get_handle(stage.app_name, stage.deployment_name)
+    try:
+        handle, generation = ray_client.get_handle(stage.app_name, stage.deployment_name)
+    except Exception as exc:  # no cluster to connect to, or no such application (yet)
+        raise _ClusterUnavailable(_error_message(exc)) from exc
     try:
         response = handle.process.remote(**call)
         running.begin_stage(response)
@@ -54,6 +61,8 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
     except Exception as exc:
         if _needs_reconnect(exc):
             ray_client.disconnect(generation)
+            if running.running_since is None:  # no model work began: the cluster's trouble, not the task's
+                raise _ClusterUnavailable(_error_message(exc)) from exc
         raise
     raise RuntimeError(f"{stage.deployment_name} finished without a result")
 
@@ -115,6 +124,8 @@ def _retry_countdown(retry_count: int) -> float:
 # A state write that still fails after progress's own retries (the database is away): the message is handed back
 # after this pause, so the task comes back rather than being acked in no final state.
 REQUEUE_PAUSE_S = 1.0
+# A job that found no cluster to run on goes back to its queue after this pause (a Ray head restarting).
+CLUSTER_PAUSE_S = 5.0
 
 
 @celery_app.task(bind=True, name="tasks.process_ai_task")
@@ -164,6 +175,8 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         else:  # cancelled while saving: the result must not outlive the task
             storage.delete(result_key)
         return {"status": "success" if done else "skipped", "task_id": task_id}
+    except _ClusterUnavailable as exc:
+        return _wait_for_cluster(celery_task, task, exc)
     except _Stopped as stopped:
         if not stopped.retry:
             _fail(task_uuid, str(stopped))
@@ -176,6 +189,19 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         raise
     except Exception as exc:  # anything else may pass (replica died, Serve restarting, OOM): bounded retries
         return _retry_or_fail(celery_task, task, exc)
+
+
+def _wait_for_cluster(celery_task, task: AITask, exc: _ClusterUnavailable) -> dict[str, str]:
+    """Back to the queue without spending a retry, for as long as a replica may take to appear; after that, an
+    ordinary failure."""
+    waited_s = (utcnow() - task.started_at).total_seconds()
+    if waited_s > get_settings().replica_wait_timeout_s:
+        return _retry_or_fail(celery_task, task, exc)
+    log.warning("task %s: no cluster to run on (%s); back to the queue", task.id, exc)
+    if not progress.requeue(task.id, f"Waiting for the model service: {exc}"):
+        return {"status": "skipped", "task_id": str(task.id)}  # cancelled meanwhile
+    time.sleep(CLUSTER_PAUSE_S)
+    raise Reject(str(exc), requeue=True)
 
 
 def _retry_or_fail(celery_task, task: AITask, exc: Exception) -> dict[str, str]:

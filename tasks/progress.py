@@ -146,6 +146,11 @@ def succeed(task_id: uuid.UUID, result_image: str, result_data: dict[str, Any], 
     )
 
 
+def requeue(task_id: uuid.UUID, message: str) -> bool:
+    """Back to PENDING: the job never reached a replica (Ray or Serve was restarting), so it costs no retry."""
+    return _update(task_id, (TaskStatus.PROCESSING,), status=TaskStatus.PENDING, progress=0, message=message)
+
+
 def schedule_retry(task_id: uuid.UUID, retry_count: int, error: str) -> bool:
     return _update(task_id, (TaskStatus.PROCESSING,), status=TaskStatus.RETRY, retry_count=retry_count,
                    error_message=error, message=f"Retrying ({retry_count}) after: {error}")
