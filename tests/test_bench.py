@@ -15,7 +15,7 @@ from scripts.bench.processes import (
     ray_role,
     stack_role,
 )
-from scripts.bench.profiling import below, own_by_package, parse_raw, thread_group, top_frames
+from scripts.bench.profiling import below, own_by_package, parse_raw, thread_group, top_frames, top_own
 from scripts.bench.report import BEGIN, END, CreateRun, Drain, Outcome, Results, TargetRun, render, write_section
 from scripts.bench.stats import Summary
 
@@ -40,6 +40,7 @@ def test_worker_profile_is_cut_at_the_task_and_ranked_by_share():
     assert [(frame.name, round(frame.inclusive, 2)) for frame in frames] == [
         ("do_execute (sqlalchemy/engine/default.py)", 0.67), ("__next__ (ray/serve/handle.py)", 0.33)]
     assert own_by_package(stacks)[:2] == [("sqlalchemy", 0.5), ("ray", 0.25)]
+    assert top_own(in_task)[0] == ("do_execute (sqlalchemy/engine/default.py)", 6 / 9)
 
 
 def test_the_page_keeps_other_sections_and_replaces_only_its_block(tmp_path):

@@ -97,6 +97,17 @@ def top_frames(stacks: list[Sample], limit: int = 12) -> tuple[list[Frame], int]
     return [Frame(frame, share, own[frame] / total) for share, frame in ranked], total
 
 
+def top_own(stacks: list[Sample], limit: int = 8) -> list[tuple[str, float]]:
+    """The innermost frames with the largest share of the samples: where the time is spent, under the wrappers
+    (middleware, executors) that lead the inclusive ranking."""
+    total = sum(stack.count for stack in stacks)
+    own: Counter[str] = Counter()
+    for stack in stacks:
+        if stack.frames:
+            own[stack.frames[-1]] += stack.count
+    return [(frame, count / total) for frame, count in own.most_common(limit)] if total else []
+
+
 def below(stacks: list[Sample], function: str) -> list[Sample]:
     """The samples inside `function`, cut to start there (what called it is the same on every sample)."""
     inside = []

@@ -115,6 +115,7 @@ class Profile:
     samples: int
     packages: list[tuple[str, float]]  # share of samples whose innermost frame is in each package
     threads: list[tuple[str, float]] = field(default_factory=list)  # the process's CPU seconds by OS thread name
+    own: list[tuple[str, float]] = field(default_factory=list)  # innermost frames by share of the samples
 
 
 @dataclass
@@ -273,6 +274,9 @@ def _profiles(scenario: str, profiles: list[Profile]) -> list[str]:
         lines += ["Frames by share of the samples on the stack (inclusive) and on top (own):\n",
                   "| frame | inclusive | own |", "|---|---|---|"]
         lines += [f"| `{frame.name}` | {frame.inclusive:.0%} | {frame.own:.0%} |" for frame in profile.frames]
+        if profile.own:
+            lines += ["", "Innermost frames (own): " + ", ".join(f"`{name}` {share:.0%}" for name, share in profile.own)
+                      + "."]
         lines.append("")
     return lines
 

@@ -24,7 +24,7 @@ from scripts.bench import bare, environment, target
 from scripts.bench.clients import ApiClients, BenchError, Finished, in_parallel
 from scripts.bench.jobs import NEAR_ZERO_DESCRIPTION, SERVICE_SIZE, Job, near_zero_job, service_jobs
 from scripts.bench.processes import REPLICA_TITLE, STACK_PARTS, CpuMeter, PeakRss, StackProcesses
-from scripts.bench.profiling import Recording, ThreadCpu, below, own_by_package, py_spy, top_frames
+from scripts.bench.profiling import Recording, ThreadCpu, below, own_by_package, py_spy, top_frames, top_own
 from scripts.bench.report import (
     CreateRun,
     Drain,
@@ -375,13 +375,16 @@ class Bench:
             frames, total = top_frames(samples[name])
             gil = recordings[name].busy(total, elapsed)
             profiles.append(Profile(f"{names[name]}: the thread holding the GIL (held {gil:.0%} of the drain)",
-                                    frames, total, own_by_package(samples[name]), by_thread[name]))
+                                    frames, total, own_by_package(samples[name]), by_thread[name],
+                                    top_own(samples[name])))
         profiles.append(Profile(f"consumer {self.consumers.queue}: wall clock of its pool threads inside "
-                                "`process_ai_task`, waits included", *top_frames(in_tasks), own_by_package(in_tasks)))
+                                "`process_ai_task`, waits included", *top_frames(in_tasks), own_by_package(in_tasks),
+                                own=top_own(in_tasks)))
         frames, total = top_frames(own)
         profiles.append(Profile("the process running the Stack, here the benchmark's (its clients, Ray driver and the "
                                 f"Stack's watcher thread): the thread holding the GIL (held "
-                                f"{itself.busy(total, elapsed):.0%} of the drain)", frames, total, own_by_package(own)))
+                                f"{itself.busy(total, elapsed):.0%} of the drain)", frames, total, own_by_package(own),
+                                own=top_own(own)))
         scenario = f"a drain of {count} tasks from {target.CLIENTS} clients ({drain.per_s:.0f} tasks/s, py-spy on)"
         return scenario, profiles
 
