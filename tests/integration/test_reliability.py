@@ -237,17 +237,3 @@ def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_red
         worker.wait(30)
     assert (status["status"], status["error_message"], status["retry_count"]) == ("FAILURE", "timed out", 0)
 
-
-def test_a_killed_ray_head_comes_back_and_its_tasks_complete(http, stack, slow_png):
-    """The whole Ray head (GCS, raylet, Serve controller, replicas) is SIGKILLed mid-task: the API keeps answering
-    and queueing, the stack restarts the head and redeploys, and both the running and the new task complete."""
-    running = _create(http, slow_png)
-    _wait_until(lambda: _row(running).status == "PROCESSING" and _row(running).progress >= 20, 60,
-                "the request to reach the replica")
-    head = stack.processes["ray-head"]
-    os.killpg(head.pid, signal.SIGKILL)
-    assert http.get(f"/api/v1/tasks/{running}/status/").status_code == 200  # the API lives outside Ray
-    queued = _create(http, slow_png)
-    statuses = [wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=400) for task_id in (running, queued)]
-    assert [status["status"] for status in statuses] == ["SUCCESS", "SUCCESS"], statuses
-    assert stack.processes["ray-head"] is not head and stack.failure is None
