@@ -73,7 +73,7 @@ class Stack:
     def __post_init__(self) -> None:
         self._restarts: dict[str, Callable[[], object]] = {}
         self._deaths: dict[str, deque[float]] = {}
-        self._watching = threading.Event()
+        self._stopping = threading.Event()  # set by stop(): the watcher ends
         self._lock = threading.RLock()
         self.log_dir = self.log_dir or self.settings.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -102,13 +102,13 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        self._watching.set()
+        self._stopping.clear()
         threading.Thread(target=self._watch, daemon=True, name="stack-watch").start()
         return self
 
     def stop(self) -> None:
         """API first (no new work), then consumers drain their running tasks, then Ray, Redis last."""
-        self._watching.clear()
+        self._stopping.set()
         with self._lock:
             for name in reversed(list(self.processes)):
                 if name != "redis":
@@ -123,9 +123,9 @@ class Stack:
             return self.processes.pop(name)
 
     def _watch(self) -> None:
-        while self._watching.wait(1) and self.failure is None:
+        while not self._stopping.wait(1) and self.failure is None:
             with self._lock:
-                if not self._watching.is_set():
+                if self._stopping.is_set():
                     return
                 dead = [name for name, process in list(self.processes.items()) if process.poll() is not None]
                 for name in dead:

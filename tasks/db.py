@@ -23,10 +23,9 @@ def get_engine() -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # A pool as large as the threads that write at once (a consumer's, the API's under load): past the pool,
-    # SQLAlchemy opens and closes an overflow connection per use, and each is a new Postgres backend.
-    settings = get_settings()
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=settings.consumer_concurrency + 4, max_overflow=8)
+    # Past the pool's size SQLAlchemy opens and closes an overflow connection per use (a new Postgres backend each);
+    # the connections kept stay few, since every consumer, API worker and beat holds a pool of its own.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
 
 
 def _make_sqlite_folder(url: str) -> None:
