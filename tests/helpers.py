@@ -56,3 +56,22 @@ def assert_names_files_in_models_dir(error: BaseException, models_dir: Path, *fi
     message = str(error)
     assert str(models_dir) not in message, message
     assert all(f"MODELS_DIR/{name}" in message for name in files), message
+
+
+def create_background_removal(client, png: bytes, prompt: str = "test") -> str:
+    """POST a background removal through the API; returns its task id."""
+    response = client.post("/api/v1/tasks/create/", data={"prompt": prompt, "task_type": "background_removal"},
+                           files={"image": ("in.png", png)})
+    assert response.status_code == 201, response.text
+    return response.json()["task_id"]
+
+
+def task_row(task_id: str):
+    """The task's row, read straight from the database."""
+    import uuid
+
+    from tasks.db import session_scope
+    from tasks.models import AITask
+
+    with session_scope() as session:
+        return session.get(AITask, uuid.UUID(task_id))

@@ -10,10 +10,8 @@ import pytest
 
 from tasks import progress
 from tasks.celery_app import celery_app
-from tasks.db import session_scope
-from tasks.models import AITask
 from tasks.reaper import reap
-from tests.helpers import wait_for
+from tests.helpers import create_background_removal, task_row, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,20 +19,12 @@ QUEUE = "background_removal"
 
 
 def _create(http, png: bytes) -> str:
-    response = http.post("/api/v1/tasks/create/", data={"prompt": "lost", "task_type": QUEUE},
-                         files={"image": ("in.png", png)})
-    assert response.status_code == 201, response.text
-    return response.json()["task_id"]
-
-
-def _row(task_id: str) -> AITask:
-    with session_scope() as session:
-        return session.get(AITask, uuid.UUID(task_id))
+    return create_background_removal(http, png, "lost")
 
 
 def _lose_message(redis_client, task_id: str) -> None:
     """Remove the task's message from its queue, as a crash before the publish or a Redis data loss would."""
-    celery_id = _row(task_id).celery_task_id.encode()
+    celery_id = task_row(task_id).celery_task_id.encode()
     lost = [raw for raw in redis_client.lrange(QUEUE, 0, -1) if celery_id in raw]
     assert len(lost) == 1
     redis_client.lrem(QUEUE, 1, lost[0])
@@ -56,7 +46,7 @@ def test_lost_pending_and_processing_tasks_come_back_once_and_queued_ones_are_le
     pending, processing, queued = (_create(http, astronaut_png) for _ in range(3))
     _lose_message(redis_client, pending)
     _lose_message(redis_client, processing)
-    claimed = progress.claim(uuid.UUID(processing), _row(processing).celery_task_id, worker="gone:1")
+    claimed = progress.claim(uuid.UUID(processing), task_row(processing).celery_task_id, worker="gone:1")
     assert claimed is not None  # a consumer took it, then vanished with its message
 
     reports = []
@@ -67,7 +57,7 @@ def test_lost_pending_and_processing_tasks_come_back_once_and_queued_ones_are_le
         reaper.join(30)
     republished = [task_id for report in reports for task_id in report.republished]
     assert sorted(map(str, republished)) == sorted([pending, processing])  # each once, across both reapers
-    assert _row(processing).status == "RETRY" and _row(processing).retry_count == 1
+    assert task_row(processing).status == "RETRY" and task_row(processing).retry_count == 1
     assert redis_client.llen(QUEUE) == 3
 
     # On demand too: nothing is lost now, so the command re-publishes nothing.

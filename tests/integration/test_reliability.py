@@ -19,7 +19,7 @@ from serve.stack import free_port
 from tasks.celery_app import celery_app
 from tasks.db import session_scope
 from tasks.models import AITask, utcnow
-from tests.helpers import wait_for
+from tests.helpers import create_background_removal, task_row, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +35,7 @@ def slow_png(astronaut) -> bytes:
 
 
 def _create(http, png: bytes) -> str:
-    response = http.post(CREATE, data={"prompt": "fault", "task_type": "background_removal"},
-                         files={"image": ("in.png", png)})
-    assert response.status_code == 201, response.text
-    return response.json()["task_id"]
-
-
-def _row(task_id: str) -> AITask:
-    with session_scope() as session:
-        return session.get(AITask, uuid.UUID(task_id))
+    return create_background_removal(http, png, "fault")
 
 
 def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05):
@@ -61,13 +53,13 @@ def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, slow_png
     runs out); past max_worker_losses redeliveries the task fails."""
     task_id = _create(http, slow_png)
     for delivery in range(settings.max_worker_losses + 1):
-        row = _wait_until(lambda d=delivery: (row := _row(task_id)).status == "PROCESSING"
+        row = _wait_until(lambda d=delivery: (row := task_row(task_id)).status == "PROCESSING"
                           and row.worker_losses == d and row, 60, f"delivery {delivery + 1}")
         os.kill(int(row.worker.rsplit(":", 1)[1]), signal.SIGKILL)  # the consumer that claimed it
     status = wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=120)
     assert status["status"] == "FAILURE", status
     assert status["error_message"].startswith("worker lost"), status
-    assert _row(task_id).worker_losses == settings.max_worker_losses + 1
+    assert task_row(task_id).worker_losses == settings.max_worker_losses + 1
 
 
 def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings, astronaut):
@@ -79,8 +71,8 @@ def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings
     _wait_until(lambda: any("consumer-victim" in name for reply in celery_app.control.ping(timeout=0.5)
                             for name in reply), 30, "the extra worker")
     task_ids = [_create(http, small.getvalue()) for _ in range(50)]
-    _wait_until(lambda: any(_row(t).status == "PROCESSING" for t in task_ids), 60, "work to start")
-    held = _wait_until(lambda: [t for t in task_ids if (row := _row(t)).status == "PROCESSING"
+    _wait_until(lambda: any(task_row(t).status == "PROCESSING" for t in task_ids), 60, "work to start")
+    held = _wait_until(lambda: [t for t in task_ids if (row := task_row(t)).status == "PROCESSING"
                                 and row.worker.endswith(f":{victim.pid}")], 60, "the victim to run tasks")
     stack.forget("consumer-victim")
     os.killpg(victim.pid, signal.SIGKILL)
@@ -88,9 +80,9 @@ def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings
 
     statuses = [wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=180) for task_id in task_ids]
     assert [status["status"] for status in statuses] == ["SUCCESS"] * 50
-    rows = [_row(task_id) for task_id in task_ids]
+    rows = [task_row(task_id) for task_id in task_ids]
     assert all(row.result_image for row in rows)
-    assert all(not _row(t).worker.endswith(f":{victim.pid}") for t in held)  # another consumer finished them
+    assert all(not task_row(t).worker.endswith(f":{victim.pid}") for t in held)  # another consumer finished them
     outputs = {path.relative_to(settings.data_dir / "media").as_posix()
                for path in (settings.data_dir / "media" / "tasks" / "output").rglob("*.png")}
     assert {row.result_image for row in rows} <= outputs
@@ -102,7 +94,7 @@ def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings
 
 def test_a_killed_replica_is_retried_and_the_task_completes(http, slow_png):
     task_id = _create(http, slow_png)
-    _wait_until(lambda: _row(task_id).status == "PROCESSING" and _row(task_id).progress >= 20, 60,
+    _wait_until(lambda: task_row(task_id).status == "PROCESSING" and task_row(task_id).progress >= 20, 60,
                 "the request to reach the replica")
     replicas = [process for process in psutil.process_iter(["cmdline"])
                 if "ServeReplica:background_removal:BackgroundRemoval" in " ".join(process.info["cmdline"] or [])]
@@ -118,14 +110,14 @@ def test_the_expiry_job_deletes_old_files_and_the_result_answers_410(http, astro
     task_id = _create(http, astronaut_png)
     assert wait_for(http, task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
     image_url = http.get(f"/api/v1/tasks/{task_id}/result/").json()["image_url"]
-    row = _row(task_id)
+    row = task_row(task_id)
     with session_scope() as session:  # as if it finished longer ago than the retention period
         session.exec(sa.update(AITask).where(AITask.id == row.id).values(
             completed_at=utcnow() - timedelta(seconds=settings.result_ttl_s + 60)))
         session.commit()
     assert "expire-old-tasks" in celery_app.conf.beat_schedule  # what beat runs every EXPIRY_INTERVAL_S
     celery_app.send_task("tasks.expire_old_tasks", queue="cpu", ignore_result=True)
-    _wait_until(lambda: _row(task_id).expired_at is not None, 60, "the expiry job")
+    _wait_until(lambda: task_row(task_id).expired_at is not None, 60, "the expiry job")
     media = settings.data_dir / "media"
     assert not (media / row.result_image).exists() and not (media / row.input_image).exists()
     gone = http.get(f"/api/v1/tasks/{task_id}/result/")
