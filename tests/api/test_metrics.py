@@ -30,6 +30,27 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def moved_by(client, rows: list[AITask], task_type: str | None = None):
+    """Scrape, add `rows`, scrape again, remove them; returns moved(name, **labels): how far a sample moved (with
+    `task_type` as a default label) and the second scrape."""
+    before = scrape(client)
+    with session_scope() as session:
+        session.add_all(rows)
+        session.commit()
+    try:
+        after = scrape(client)
+    finally:
+        with session_scope() as session:
+            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
+            session.commit()
+
+    def moved(name: str, **labels: str) -> float:
+        labels = {"task_type": task_type, **labels} if task_type else labels
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    return moved, after
+
+
 def test_requests_are_counted_by_route_template_and_status(api_client):
     status_route = "/api/v1/tasks/{task_id}/status/"
     before = scrape(api_client)
@@ -53,20 +74,7 @@ def test_tasks_and_their_durations_are_read_from_the_rows(api_client, redis_clie
             for seconds in (0.3, 3.0, 700.0)]
     rows.append(AITask(task_type=TaskType.BACKGROUND_REMOVAL, prompt="metrics", status=TaskStatus.FAILURE,
                        completed_at=now))
-    before = scrape(api_client)
-    with session_scope() as session:
-        session.add_all(rows)
-        session.commit()
-    try:
-        after = scrape(api_client)
-    finally:
-        with session_scope() as session:
-            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
-            session.commit()
-
-    def moved(name: str, **labels: str) -> float:
-        labels = {"task_type": "background_removal", **labels}
-        return value(after, name, **labels) - value(before, name, **labels)
+    moved, after = moved_by(api_client, rows, "background_removal")
 
     assert moved("backendai_tasks", status="SUCCESS") == 3 and moved("backendai_tasks", status="FAILURE") == 1
     assert moved("backendai_tasks", status="PENDING") == 0
@@ -97,19 +105,7 @@ def test_a_scrape_with_redis_down_still_answers_and_says_which_source_is_down(uv
 def test_cancels_have_their_own_series(api_client):
     rows = [AITask(task_type=TaskType.FACE_SWAP, prompt="metrics", status=TaskStatus.FAILURE, error_message=error,
                    completed_at=utcnow()) for error in (CANCELLED_MESSAGE, CANCELLED_MESSAGE, "RuntimeError: oom")]
-    before = scrape(api_client)
-    with session_scope() as session:
-        session.add_all(rows)
-        session.commit()
-    try:
-        after = scrape(api_client)
-    finally:
-        with session_scope() as session:
-            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
-            session.commit()
-
-    def moved(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+    moved, after = moved_by(api_client, rows)
 
     assert moved("backendai_tasks_cancelled", task_type="face_swap") == 2
     assert moved("backendai_tasks", task_type="face_swap", status="FAILURE") == 3  # v1: a cancel is a FAILURE row
@@ -125,20 +121,7 @@ def test_finished_tasks_count_within_the_window_and_unfinished_ones_always(api_c
             AITask(task_type=TaskType.STYLE_TRANSFER, prompt="metrics", status=TaskStatus.FAILURE,
                    completed_at=long_ago, error_message=CANCELLED_MESSAGE),
             AITask(task_type=TaskType.STYLE_TRANSFER, prompt="metrics", status=TaskStatus.RETRY, created_at=long_ago)]
-    before = scrape(api_client)
-    with session_scope() as session:
-        session.add_all(rows)
-        session.commit()
-    try:
-        after = scrape(api_client)
-    finally:
-        with session_scope() as session:
-            session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in rows])))
-            session.commit()
-
-    def moved(name: str, **labels: str) -> float:
-        labels = {"task_type": "style_transfer", **labels}
-        return value(after, name, **labels) - value(before, name, **labels)
+    moved, _ = moved_by(api_client, rows, "style_transfer")
 
     assert moved("backendai_tasks", status="RETRY") == 1
     assert moved("backendai_tasks", status="SUCCESS") == moved("backendai_tasks", status="FAILURE") == 0
