@@ -80,7 +80,6 @@ class Settings(BaseSettings):
                                 "on their queue after this long.")
     task_time_limit_s: int = 600
     task_soft_time_limit_s: int = 540
-    result_expires_s: int = 3600
     serve_event_timeout_s: float = Field(
         default=300.0, description="Longest silence of a running request (between two events) before giving up."
     )
