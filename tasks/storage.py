@@ -1,5 +1,7 @@
 """Input and result files behind one fsspec URL (local folder, S3, GCS, ...), under generated names."""
 
+import errno
+import logging
 import secrets
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -7,6 +9,29 @@ from functools import lru_cache
 from fsspec.core import url_to_fs
 
 from tasks.config import get_settings
+
+log = logging.getLogger(__name__)
+
+# A write refused for lack of room: the device is full, or the writer's quota is spent.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StorageFull(Exception):
+    """A write found the storage full (no space left, or over quota); nothing of it was kept. Its message names no
+    server path: it reaches users (the API's 507 on create, a task's error_message)."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    """Whether the error, or one it happened while handling (a close that failed after a failed write), is a full
+    storage's."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of errors is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Storage:
@@ -20,13 +45,34 @@ class Storage:
         return f"{self.root.rstrip('/')}/{key}"
 
     def put(self, kind: str, data: bytes, suffix: str = ".png") -> str:
-        """Store bytes under an unguessable dated key and return the key."""
+        """Store bytes under an unguessable dated key and return the key.
+
+        A write that fails leaves no partial file; one that fails because the storage is full (ENOSPC, EDQUOT, on
+        the write or on the close that flushes it) raises StorageFull.
+        """
         key = f"tasks/{kind}/{datetime.now(UTC):%Y/%m/%d}/{secrets.token_urlsafe(24)}{suffix}"
-        path = self._path(key)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as handle:
-            handle.write(data)
+        self._write(key, data, "result storage is full" if kind == "output" else "storage is full")
         return key
+
+    def _write(self, key: str, data: bytes, full_message: str) -> None:
+        path = self._path(key)
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(path, "wb") as handle:
+                handle.write(data)
+        except Exception as exc:
+            self._remove_partial(path)
+            if _is_full(exc):
+                raise StorageFull(full_message) from exc
+            raise
+
+    def _remove_partial(self, path: str) -> None:
+        """The file a failed write began: never referenced by anything, so nothing else would ever delete it."""
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        except Exception as exc:  # the write's own error is the one to report
+            log.warning("partial file %s not removed: %s", path, exc)
 
     def get(self, key: str) -> bytes:
         with self.fs.open(self._path(key), "rb") as handle:

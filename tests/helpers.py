@@ -1,11 +1,17 @@
-"""Small helpers shared by the tests: image bytes, alpha channels, waiting on a task."""
+"""Small helpers shared by the tests: image bytes, alpha channels, waiting on a task, a full filesystem."""
 
+import errno
 import io
 import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 # Regions of skimage's astronaut (512x512, rows then columns): her face and suit, and the plain background.
@@ -75,3 +81,64 @@ def task_row(task_id: str):
 
     with session_scope() as session:
         return session.get(AITask, uuid.UUID(task_id))
+
+
+class FullDisk:
+    """A tmpfs mounted over a directory and filled up to the last byte by one file, `filler`."""
+
+    def __init__(self, directory: Path, size: str):
+        self.directory, self.filler, self.mounted = directory, directory / "filler", False
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True,
+                           capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            pytest.skip(f"cannot mount a tmpfs to fill up (needs root or CAP_SYS_ADMIN): {detail}")
+        self.mounted = True
+        try:
+            self._fill()
+        except BaseException:
+            self.unmount()
+            raise
+
+    def _fill(self) -> None:
+        descriptor = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # unbuffered: nothing is left to flush (and fail) on close
+            while True:
+                os.write(descriptor, bytes(64 * 1024))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        finally:
+            os.close(descriptor)
+
+    def files(self) -> list[Path]:
+        """Every file on it but the filler."""
+        return sorted(path for path in self.directory.rglob("*") if path.is_file() and path != self.filler)
+
+    def make_room(self, size: int | None = None) -> None:
+        """Free `size` bytes (rounded to pages by tmpfs), or all of them."""
+        if size is None:
+            self.filler.unlink()
+        else:
+            os.truncate(self.filler, self.filler.stat().st_size - size)
+
+    def unmount(self) -> None:
+        """Gone, and what the directory held before shows again; lazily if a process still has a file open on it."""
+        if not self.mounted:
+            return
+        if subprocess.run(["umount", str(self.directory)], capture_output=True, timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.directory)], check=True, capture_output=True, timeout=30)
+        self.mounted = False
+
+
+@contextmanager
+def full_disk(directory: Path, size: str = "1m") -> Iterator[FullDisk]:
+    """A FullDisk over `directory` (made if absent) for the block, always unmounted after; skips the test where
+    mounting is not allowed."""
+    disk = FullDisk(directory, size)
+    try:
+        yield disk
+    finally:
+        disk.unmount()
