@@ -29,12 +29,16 @@ from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
 log = logging.getLogger(__name__)
 
 
+CLUSTER_GONE_MESSAGE = "the model service restarted"
+
+
 @dataclass
 class Stop:
     """Why the supervisor cancelled a request; `retry` when the task may run again later."""
 
     reason: str
     retry: bool = False
+    cluster_gone: bool = False  # the connection the request went through was dropped (a Ray head restart)
 
 
 @dataclass
@@ -43,14 +47,16 @@ class RunningTask:
 
     task_id: uuid.UUID
     response: Any = None  # the current stage's streaming response; cancel() stops it
+    generation: int | None = None  # the Ray connection (tasks/ray_client.py) the response belongs to
     call_started: float = field(default_factory=time.monotonic)
     running_since: float | None = None  # the first event of the job: a replica took it
     last_event: float | None = None  # the last event of the current stage
     stop: Stop | None = None
     abandoned: bool = False  # past the hard limit: its row is final, its thread may still be blocked
 
-    def begin_stage(self, response: Any) -> None:
-        self.response, self.call_started, self.last_event = response, time.monotonic(), None
+    def begin_stage(self, response: Any, generation: int) -> None:
+        self.response, self.generation, self.call_started, self.last_event = (response, generation,
+                                                                              time.monotonic(), None)
         if self.stop is not None:  # cancelled between stages
             response.cancel()
 
@@ -123,6 +129,14 @@ class Supervisor:
         """Renew, every `every_s`, the lease of each message `held_messages()` names."""
         self._held_messages, self._renew_lease, self._lease_every_s = held_messages, renew, every_s
         self._ensure_running()
+
+    def connection_dropped(self, generation: int) -> None:
+        """Cancel the requests made through a dropped Ray connection: once their cluster is gone they would wait
+        for a replica that never comes."""
+        with self._lock:
+            tasks = [task for task in self._tasks.values() if task.generation == generation]
+        for task in tasks:
+            task.cancel(Stop(CLUSTER_GONE_MESSAGE, retry=True, cluster_gone=True))
 
     def _ensure_running(self) -> None:
         with self._lock:

@@ -9,19 +9,21 @@ import uuid
 from typing import Any
 
 from celery.exceptions import Reject
-from ray.exceptions import RaySystemError
+from ray.exceptions import RayActorError, RaySystemError
 from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
-from tasks.consumer import RunningTask, Stop, supervisor
+from tasks.consumer import CLUSTER_GONE_MESSAGE, RunningTask, Stop, supervisor
 from tasks.models import AITask, utcnow
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
 from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
+
+ray_client.on_disconnect(supervisor.connection_dropped)
 
 # Task progress around the model's own 0..100: a little is reported before the model starts and after it ends.
 MODEL_PROGRESS_START, MODEL_PROGRESS_END = 10, 90
@@ -49,7 +51,9 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
         raise _ClusterUnavailable(_error_message(exc)) from exc
     try:
         response = handle.process.remote(**call)
-        running.begin_stage(response)
+        running.begin_stage(response, generation)
+        if not ray_client.is_current(generation):  # dropped while this call was being made
+            running.cancel(Stop(CLUSTER_GONE_MESSAGE, retry=True, cluster_gone=True))
         low, high = span
         for event in response:
             running.saw_event()
@@ -57,12 +61,16 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
                 return event["result"]
             writer.update(low + (high - low) * event["progress"] // 100, event["message"])
     except RequestCancelledError as exc:
-        raise _Stopped(running.stop or Stop("cancelled")) from exc
+        stop = running.stop or Stop("cancelled")
+        if stop.cluster_gone and running.running_since is None:  # no model work began: wait for the new cluster
+            raise _ClusterUnavailable(stop.reason) from exc
+        raise _Stopped(stop) from exc
     except Exception as exc:
         if _needs_reconnect(exc):
             ray_client.disconnect(generation)
-            if running.running_since is None:  # no model work began: the cluster's trouble, not the task's
-                raise _ClusterUnavailable(_error_message(exc)) from exc
+        if running.running_since is None and (_needs_reconnect(exc) or isinstance(exc, RayActorError)):
+            # No model work began (the replica went away before taking it): the cluster's trouble, not the task's.
+            raise _ClusterUnavailable(_error_message(exc)) from exc
         raise
     raise RuntimeError(f"{stage.deployment_name} finished without a result")
 

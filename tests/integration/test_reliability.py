@@ -229,3 +229,25 @@ def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_red
         worker.wait(30)
     assert (status["status"], status["error_message"], status["retry_count"]) == ("FAILURE", "timed out", 0)
 
+
+
+def test_a_killed_ray_head_comes_back_and_every_consumer_reconnects(http, stack, slow_png, astronaut_png):
+    """The whole Ray head (GCS, raylet, Serve controller, replicas) is SIGKILLed mid-task: the API keeps answering
+    and queueing, the stack restarts the head and redeploys, every consumer notices its cluster was replaced and
+    reconnects, and the running task, a task queued meanwhile and a task of another queue all complete."""
+    running = _create(http, slow_png)
+    _wait_until(lambda: task_row(running).status == "PROCESSING" and task_row(running).progress >= 20, 60,
+                "the request to reach the replica")
+    head = stack.processes["ray-head"]
+    os.killpg(head.pid, signal.SIGKILL)
+    assert http.get(f"/api/v1/tasks/{running}/status/").status_code == 200  # the API lives outside Ray
+    queued = _create(http, slow_png)
+    styled = http.post(CREATE, data={"prompt": "after the head", "task_type": "style_transfer"},
+                       files={"image": ("in.png", astronaut_png)})
+    assert styled.status_code == 201, styled.text
+    task_ids = [running, queued, styled.json()["task_id"]]
+    statuses = [wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=400) for task_id in task_ids]
+    assert [status["status"] for status in statuses] == ["SUCCESS"] * 3, statuses
+    assert stack.processes["ray-head"] is not head and stack.failure is None
+    # Waiting for the new cluster spent no retry of the tasks that had not started.
+    assert [status["retry_count"] for status in statuses[1:]] == [0, 0], statuses
