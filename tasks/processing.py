@@ -169,19 +169,15 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     try:
         with supervisor.track(task_uuid) as running:
             result, prompt_used = _run_stages(task, storage, running)
-        result_key = storage.put("output", result["image"])
-        try:
-            # URL and timing are not stored twice: the API derives them from result_image and processing_time.
-            done = progress.succeed(task_uuid, result_key, {"prompt_used": prompt_used,
-                                                            "metadata": result["metadata"]},
-                                    processing_time=time.monotonic() - (running.running_since or time.monotonic()))
-        except BaseException:
-            storage.delete(result_key)  # the retried delivery stores its own: never an orphan
-            raise
+        # Under the name the first claim gave it: a run that dies or fails from here on leaves no file of its own
+        # (the next run replaces it; a task ending otherwise has it deleted with its inputs, by expiry or DELETE).
+        storage.write(task.result_image, result["image"])
+        # URL and timing are not stored twice: the API derives them from result_image and processing_time.
+        done = progress.succeed(task_uuid, task.result_image, {"prompt_used": prompt_used,
+                                                               "metadata": result["metadata"]},
+                                processing_time=time.monotonic() - (running.running_since or time.monotonic()))
         if done:
             notify_finished(task_uuid)
-        else:  # cancelled while saving: the result must not outlive the task
-            storage.delete(result_key)
         return {"status": "success" if done else "skipped", "task_id": task_id}
     except _ClusterUnavailable as exc:
         return _wait_for_cluster(celery_task, task, exc)

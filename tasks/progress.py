@@ -20,6 +20,7 @@ from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import AITask, TaskStatus, utcnow
 from tasks.redis_client import redis_client
+from tasks.storage import new_key
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
     (its lease ran out and the message came back): that is counted in `worker_losses`, for the caller to end a
     task that kills consumer after consumer. The same consumer claiming again (its first claim's answer was lost
     with its connection) is no loss.
+
+    The first claim also names the result file (`result_image`), and every later run writes under that same name:
+    a run that dies after storing its result leaves no file that no row refers to.
     """
     now = utcnow()
     runnable = AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
@@ -103,7 +107,8 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
         .where(AITask.id == task_id, sa.or_(runnable, redelivered))
         .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message=WAITING_MESSAGE,
                 worker=worker, worker_losses=AITask.worker_losses + sa.case((lost, 1), else_=0),
-                started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now)
+                started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now,
+                result_image=sa.func.coalesce(AITask.result_image, new_key("output")))
     )
 
     def write(_retried: bool) -> AITask | None:

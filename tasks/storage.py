@@ -34,6 +34,14 @@ def _is_full(exc: BaseException) -> bool:
     return False
 
 
+RESULTS = "tasks/output"
+
+
+def new_key(kind: str, suffix: str = ".png") -> str:
+    """An unguessable dated name for a file of this kind ("input", "output")."""
+    return f"tasks/{kind}/{datetime.now(UTC):%Y/%m/%d}/{secrets.token_urlsafe(24)}{suffix}"
+
+
 class Storage:
     def __init__(self, url: str):
         self.fs, self.root = url_to_fs(url)
@@ -50,11 +58,13 @@ class Storage:
         A write that fails leaves no partial file; one that fails because the storage is full (ENOSPC, EDQUOT, on
         the write or on the close that flushes it) raises StorageFull.
         """
-        key = f"tasks/{kind}/{datetime.now(UTC):%Y/%m/%d}/{secrets.token_urlsafe(24)}{suffix}"
-        self._write(key, data, "result storage is full" if kind == "output" else "storage is full")
+        key = new_key(kind, suffix)
+        self.write(key, data)
         return key
 
-    def _write(self, key: str, data: bytes, full_message: str) -> None:
+    def write(self, key: str, data: bytes) -> None:
+        """Store bytes under `key` (replacing what is there), with `put`'s guarantees."""
+        full_message = "result storage is full" if key.startswith(f"{RESULTS}/") else "storage is full"
         path = self._path(key)
         try:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

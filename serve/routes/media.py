@@ -13,12 +13,13 @@ from fastapi.responses import Response
 from serve.deps import presented_key
 from serve.errors import ApiError
 from tasks import keys
+from tasks.models import TaskStatus
 from tasks.service import get_task_by_result
-from tasks.storage import get_storage
+from tasks.storage import RESULTS, get_storage
 
 router = APIRouter(tags=["media"])
 
-SERVED_PREFIX = "tasks/output/"
+SERVED_PREFIX = f"{RESULTS}/"
 
 
 @router.get("/media/{key:path}", name="get_media", response_class=Response,
@@ -30,7 +31,7 @@ async def get_media(
 ) -> Response:
     """A stored result image."""
     task = await run_in_threadpool(get_task_by_result, key) if _is_result_key(key) else None
-    if task is None:
+    if task is None or task.status != TaskStatus.SUCCESS:  # a running task's result is named before it is written
         raise ApiError(404, "File not found")
     presented = presented_key(authorization, x_api_key)
     if presented is not None:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from tasks import progress
 from tasks.db import session_scope
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType
+from tasks.storage import RESULTS, Storage
 
 
 @pytest.fixture
@@ -31,6 +32,22 @@ def test_claim_runs_a_task_once_but_lets_its_own_redelivery_resume(task):
     assert claimed is not None and claimed.status == TaskStatus.PROCESSING and claimed.started_at is not None
     assert progress.claim(task.id, str(uuid.uuid4())) is None
     assert progress.claim(task.id, task.celery_task_id) is not None  # same message after its worker died
+
+
+def test_every_run_of_a_task_writes_its_result_under_the_name_the_first_claim_gave(task, tmp_path):
+    """A consumer that dies after storing its result and before SUCCESS leaves no second file: the next run (a
+    redelivery, or a retry after RETRY) replaces the same one."""
+    storage = Storage(f"file://{tmp_path}")
+    first = progress.claim(task.id, task.celery_task_id, worker="host:1")
+    assert first.result_image.startswith(f"{RESULTS}/")
+    storage.write(first.result_image, b"first run")  # ... and host:1 dies here
+    again = progress.claim(task.id, task.celery_task_id, worker="host:2")
+    assert progress.schedule_retry(task.id, 1, "replica died")
+    retried = progress.claim(task.id, str(uuid.uuid4()), worker="host:3")
+    assert first.result_image == again.result_image == retried.result_image
+    storage.write(retried.result_image, b"last run")
+    assert progress.succeed(task.id, retried.result_image, {"metadata": {}}, processing_time=0.1)
+    assert [path.read_bytes() for path in tmp_path.rglob("*.png")] == [b"last run"]
 
 
 def test_a_redelivery_counts_a_worker_loss_only_when_another_consumer_claims(task):
