@@ -12,10 +12,13 @@ from kombu.exceptions import OperationalError as BrokerError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.service import QueueUnavailable
+from tasks.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+# Storage that is full stays full until an operator (or the expiry of old tasks) makes room: no point in seconds.
+STORAGE_FULL_RETRY_AFTER_S = 60
 
 
 class ApiError(Exception):
@@ -62,6 +65,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def queue_down(_: Request, exc: Exception) -> JSONResponse:
         log.error("queue error: %s", exc)
         return _unavailable("The task queue")
+
+    @app.exception_handler(StorageFull)
+    async def storage_full(_: Request, exc: StorageFull) -> JSONResponse:
+        log.error("storage full: %s", exc.__cause__ or exc)  # the server's path, for the operator only
+        return error_response(507, "Storage for uploads is full; nothing was stored. Retry later.",
+                              headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

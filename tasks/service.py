@@ -101,8 +101,7 @@ def create_task(request: TaskRequest) -> tuple[AITask, bool]:
     _refuse_over_cap(request.submitter)
     spec = TASK_SPECS[request.task_type]
     storage = get_storage()
-    input_key = storage.put("input", request.image_png) if request.image_png is not None else None
-    extra_inputs = {name: storage.put("input", data) for name, data in request.extra_pngs.items()}
+    input_key, extra_inputs = _store_inputs(storage, request)
     stored = [key for key in (input_key, *extra_inputs.values()) if key]
     task = AITask(task_type=request.task_type, prompt=request.prompt, parameters=request.parameters,
                   input_image=input_key, extra_inputs=extra_inputs or None, celery_task_id=str(uuid.uuid4()),
@@ -148,6 +147,25 @@ def _refuse_over_cap(submitter: str | None) -> None:
     with session_scope() as session:
         if session.exec(sa.select(sa.func.count()).select_from(mine)).scalar_one() >= cap:
             raise TooManyQueued(cap)
+
+
+def _store_inputs(storage: Storage, request: TaskRequest) -> tuple[str | None, dict[str, str]]:
+    """The request's uploads, stored; when one fails (storage.StorageFull: the API's 507), those already stored for
+    this request are deleted again."""
+    stored: list[str] = []
+    try:
+        input_key = None
+        if request.image_png is not None:
+            input_key = storage.put("input", request.image_png)
+            stored.append(input_key)
+        extra_inputs = {}
+        for name, data in request.extra_pngs.items():
+            extra_inputs[name] = storage.put("input", data)
+            stored.append(extra_inputs[name])
+    except BaseException:
+        _delete_all(storage, stored)
+        raise
+    return input_key, extra_inputs
 
 
 def _delete_all(storage: Storage, keys: list[str]) -> None:

@@ -142,7 +142,8 @@ def _taking_registered_uploads(endpoint: Callable) -> Callable:
     return endpoint
 
 
-@router.post("/create/", status_code=201, response_model=TaskCreated | TaskStatusOut, responses=ERRORS,
+@router.post("/create/", status_code=201, response_model=TaskCreated | TaskStatusOut,
+             responses={**ERRORS, 507: {"model": ErrorOut, "description": "Storage for uploads is full"}},
              form_limits=CREATE_FORM_LIMITS,
              openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": CREATE_EXAMPLES}}}})
 @_taking_registered_uploads

@@ -1,4 +1,5 @@
-"""With Redis or Postgres down the API refuses clearly (503 + Retry-After) and keeps nothing half-made."""
+"""With Redis or Postgres down the API refuses clearly (503 + Retry-After), with storage full it says so (507 +
+Retry-After), and it keeps nothing half-made."""
 
 import time
 
@@ -6,6 +7,7 @@ import httpx
 import sqlalchemy as sa
 
 from serve.stack import free_port
+from tests.helpers import full_disk, png_bytes
 
 
 def _row_count() -> int:
@@ -43,3 +45,36 @@ def test_with_the_database_down_every_endpoint_is_503_and_no_file_is_kept(uvicor
         assert response.json()["error"].startswith("The database is unavailable")
         assert response.headers["Retry-After"].isdigit()
     assert not [path for path in (tmp_path / "media").rglob("*") if path.is_file()]
+
+
+def test_create_with_storage_full_is_507_keeps_nothing_and_succeeds_once_there_is_room(
+        uvicorn_api, tmp_path, redis_client, astronaut, astronaut_png):
+    """A face swap stores two uploads: with room for the first only, the first is deleted again."""
+    face = png_bytes(astronaut.resize((64, 64)))  # ~9 KB, and the target ~420 KB
+    request = {"data": {"task_type": "face_swap", "prompt": "swap"},
+               "files": {"image": ("face.png", face), "target_image": ("target.png", astronaut_png)}}
+    with full_disk(tmp_path / "media") as disk:  # where the API below stores (DATA_DIR/media)
+        url = uvicorn_api()
+        rows_before, queued_before = _row_count(), redis_client.llen("face_swap")
+        for room in (0, 64 * 1024):  # nothing fits; the face fits, the target does not
+            disk.make_room(room)
+            refused = httpx.post(f"{url}/api/v1/tasks/create/", timeout=30, **request)
+            assert refused.status_code == 507, refused.text
+            assert refused.json() == {"error": "Storage for uploads is full; nothing was stored. Retry later."}
+            assert refused.headers["Retry-After"].isdigit()
+            assert str(tmp_path) not in refused.text
+            assert disk.files() == []
+            assert (_row_count(), redis_client.llen("face_swap")) == (rows_before, queued_before)
+
+        disk.make_room()
+        created = httpx.post(f"{url}/api/v1/tasks/create/", timeout=30, **request)
+        assert created.status_code == 201, created.text
+        assert len(disk.files()) == 2
+        assert (_row_count(), redis_client.llen("face_swap")) == (rows_before + 1, queued_before + 1)
+        task_id = created.json()["task_id"]
+        assert httpx.post(f"{url}/api/v1/tasks/{task_id}/cancel/", timeout=30).status_code == 200
+
+
+def test_the_create_route_documents_507(api_client):
+    responses = api_client.get("/openapi.json").json()["paths"]["/api/v1/tasks/create/"]["post"]["responses"]
+    assert responses["507"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
