@@ -1,5 +1,7 @@
 """Database engine, sessions and migrations."""
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -25,7 +27,14 @@ def get_engine() -> sa.Engine:
         return engine
     # Past the pool's size SQLAlchemy opens and closes an overflow connection per use (a new Postgres backend each);
     # the connections kept stay few, since every consumer, API worker and beat holds a pool of its own.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16,
+                            connect_args={"application_name": application_name()})
+
+
+def application_name() -> str:
+    """What `pg_stat_activity` shows for this process's connections: the program and its pid (an operator, or the
+    connection-kill test, can tell consumers from the API)."""
+    return f"backendai:{Path(sys.argv[0]).name or 'python'}:{os.getpid()}"[:63]
 
 
 def _make_sqlite_folder(url: str) -> None:

@@ -142,3 +142,9 @@ def full_disk(directory: Path, size: str = "1m") -> Iterator[FullDisk]:
         yield disk
     finally:
         disk.unmount()
+
+
+def result_files(settings) -> set[str]:
+    """The storage keys of every result file on the local storage."""
+    media = settings.data_dir / "media"
+    return {path.relative_to(media).as_posix() for path in (media / "tasks" / "output").rglob("*.png")}

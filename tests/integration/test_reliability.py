@@ -19,7 +19,7 @@ from serve.stack import free_port
 from tasks.celery_app import celery_app
 from tasks.db import session_scope
 from tasks.models import AITask, utcnow
-from tests.helpers import create_background_removal, task_row, wait_for
+from tests.helpers import create_background_removal, result_files, task_row, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +48,6 @@ def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _result_files(settings) -> set[str]:
-    media = settings.data_dir / "media"
-    return {path.relative_to(media).as_posix() for path in (media / "tasks" / "output").rglob("*.png")}
-
-
 def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, slow_png, settings):
     """Each delivery's consumer is SIGKILLed mid-task (the stack restarts it; the message comes back when its lease
     runs out); past max_worker_losses redeliveries the task fails."""
@@ -70,7 +65,7 @@ def test_a_task_that_kills_its_worker_every_time_ends_worker_lost(http, slow_png
 def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings, astronaut):
     """50 tasks; one of two consumers is SIGKILLed mid-run; its tasks come back when their leases run out, and
     all end SUCCESS once, with exactly one result file each (a run killed after storing leaves none of its own)."""
-    outputs_before = _result_files(settings)
+    outputs_before = result_files(settings)
     small = io.BytesIO()
     astronaut.resize((96, 96)).save(small, format="PNG")
     victim = stack.start_worker("background_removal", 4, name="consumer-victim")
@@ -89,7 +84,7 @@ def test_tasks_of_a_sigkilled_worker_complete_exactly_once(http, stack, settings
     rows = [task_row(task_id) for task_id in task_ids]
     assert all(row.result_image for row in rows)
     assert all(not task_row(t).worker.endswith(f":{victim.pid}") for t in held)  # another consumer finished them
-    assert _result_files(settings) - outputs_before == {row.result_image for row in rows}
+    assert result_files(settings) - outputs_before == {row.result_image for row in rows}
     with session_scope() as session:
         stuck = session.exec(sa.select(sa.func.count()).select_from(AITask).where(
             AITask.id.in_([uuid.UUID(t) for t in task_ids]), AITask.status == "PROCESSING")).scalar_one()
