@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = MAX_IMAGE_PIXELS
     request_body_timeout_s: float = Field(
         default=60.0, description="Longest time one request body may take to arrive; a slower one is refused (408).")
+    upload_decode_concurrency: int = Field(
+        default=4, ge=1, description="Uploads one API process decodes and re-encodes at once; more wait their turn. "
+                                     "Bounds its memory in a burst of large uploads (a 15 MB upload holds about "
+                                     "45 MB while it is decoded): docs/benchmarks.md, Memory after upload bursts.")
 
     # Access.
     api_keys_required: bool = Field(default=False, description="Refuse requests without a valid API key.")
