@@ -8,7 +8,7 @@ from serve.errors import install_error_handlers
 from serve.limits import RequestLimitsMiddleware
 from serve.metrics import install_metrics
 from serve.routes import health, media, styles, task_types, tasks, web
-from serve.uploads import max_request_body_bytes
+from serve.uploads import max_request_body_bytes, return_large_buffers_to_the_system
 from tasks.config import get_settings
 
 
@@ -23,6 +23,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
     )
     install_error_handlers(app)
+    return_large_buffers_to_the_system()  # a burst of large uploads must not keep the process large (#14)
     settings = get_settings()
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=max_request_body_bytes(settings),
                        body_timeout_s=settings.request_body_timeout_s)
