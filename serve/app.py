@@ -4,11 +4,12 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from deployments.memory import return_large_buffers_to_the_system
 from serve.errors import install_error_handlers
 from serve.limits import RequestLimitsMiddleware
 from serve.metrics import install_metrics
 from serve.routes import health, media, styles, task_types, tasks, web
-from serve.uploads import max_request_body_bytes, return_large_buffers_to_the_system
+from serve.uploads import max_request_body_bytes
 from tasks.config import get_settings
 
 

@@ -1,7 +1,5 @@
 """Upload checks: judged by content, never by name; size, pixel and format limits; EXIF orientation applied."""
 
-import ctypes
-import ctypes.util
 import io
 import warnings
 from dataclasses import dataclass
@@ -28,26 +26,6 @@ def max_request_body_bytes(settings: Settings) -> int:
     the text fields. Anything larger is refused before it is read (serve/limits.py)."""
     images = 1 + max(len(spec.extra_images) for spec in TASK_SPECS.values())
     return images * settings.max_upload_bytes + FORM_FIELDS_ALLOWANCE_BYTES
-
-
-# glibc's M_MMAP_THRESHOLD, and the size from which the API's allocations are their own mappings (1 MiB).
-M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES = -3, 1024 * 1024
-
-
-def return_large_buffers_to_the_system() -> bool:
-    """Have glibc map every allocation of 1 MiB or more on its own, so that freeing it gives it back at once.
-
-    By default glibc raises its mmap threshold to the size of any mapped block freed (up to 32 MiB): after the
-    first 15 MB upload, decoded pixels and PNG buffers come from the malloc arenas of the threads that decode
-    them, which keep them when they are freed: 50 uploads of 15 MB at once left the API at 942 MB for good (117 MB
-    at rest); with the threshold fixed (which also stops the adjusting) it went back to 158 MB, 144 MB with the
-    decodes bounded too (docs/benchmarks.md, Memory after upload bursts). Returns whether it was set (False off
-    glibc: musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))
-    except (OSError, AttributeError):
-        return False
 
 
 @dataclass(frozen=True)
