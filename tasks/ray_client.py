@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import ray
 from ray import serve
+from ray.serve import context as serve_context
 from ray.serve.handle import DeploymentHandle
 
 from tasks.config import get_settings
@@ -87,6 +88,10 @@ def disconnect(generation: int | None = None) -> None:
                 log.exception("disconnect callback failed")
         if ray.is_initialized():
             ray.shutdown()
+        # Serve keeps its controller client across ray.shutdown() and trusts it again when the new session's job id
+        # equals the old one, which is common after a head restart (ids count from 1 per cluster): handles made
+        # then route to the dead cluster's replicas. Forget it, so the next handle finds the live controller.
+        serve_context._disconnect()
 
 
 def get_handle(app_name: str, deployment_name: str) -> tuple[DeploymentHandle, int]:
