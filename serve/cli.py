@@ -122,8 +122,11 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from serve.stack import API_KEEP_ALIVE_S
+
     settings = get_settings()
-    uvicorn.run("serve.app:app", host=args.host or settings.api_host, port=args.port or settings.api_port)
+    uvicorn.run("serve.app:app", host=args.host or settings.api_host, port=args.port or settings.api_port,
+                timeout_keep_alive=API_KEEP_ALIVE_S)
     return 0
 
 

@@ -36,6 +36,10 @@ Echo = Callable[[str], None]
 RESTART_LIMIT, RESTART_WINDOW_S = 5, 600
 # Consumers and the API get this long after SIGTERM to finish what they run (Celery's warm shutdown).
 SHUTDOWN_GRACE_S = 60
+# How long the API keeps an idle client connection: longer than the clients' and proxies' own idle timeouts (httpx
+# 5 s, load balancers typically 60 s), so the client always closes first; with uvicorn's 5 s both sides closed at
+# once and a request sent on the closing connection got no answer.
+API_KEEP_ALIVE_S = 75
 # Parts with children of their own (Ray's GCS, raylet, dashboard): signalled as a whole process group.
 PROCESS_GROUPS = ("ray-head",)
 
@@ -267,7 +271,8 @@ class Stack:
         self.echo(f"[api] starting uvicorn on {self.api_url} ({workers} worker{'s' * (workers > 1)})")
         self._spawn("api", [sys.executable, "-m", "uvicorn", "serve.app:app", "--host", self.settings.api_host,
                             "--port", str(self.settings.api_port), "--workers", str(workers),
-                            "--timeout-graceful-shutdown", str(SHUTDOWN_GRACE_S // 2), "--no-access-log"])
+                            "--timeout-graceful-shutdown", str(SHUTDOWN_GRACE_S // 2), "--no-access-log",
+                            "--timeout-keep-alive", str(API_KEEP_ALIVE_S)])
         self._wait_for_api()
 
     def start_flower(self, port: int) -> str:
