@@ -19,7 +19,7 @@ from serve.stack import free_port
 from tasks.celery_app import celery_app
 from tasks.db import session_scope
 from tasks.models import AITask, utcnow
-from tests.helpers import create_background_removal, result_files, task_row, wait_for
+from tests.helpers import TcpProxy, create_background_removal, result_files, task_row, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +250,42 @@ def test_a_killed_ray_head_comes_back_and_every_consumer_reconnects(http, stack,
     assert stack.processes["ray-head"] is not head and stack.failure is None
     # Waiting for the new cluster spent no retry of the tasks that had not started.
     assert [status["retry_count"] for status in statuses[1:]] == [0, 0], statuses
+
+
+def test_a_consumer_whose_database_goes_away_hands_its_task_back_and_runs_it_when_it_returns(
+        stack, uvicorn_api, own_redis, tmp_path, astronaut, settings):
+    """The consumer reaches Postgres through a proxy that is down when the task arrives: the claim cannot be written,
+    so the message goes back to the queue (never acked in no final state); when the proxy is back, the same
+    consumer claims and completes it."""
+    import httpx
+
+    url, start_redis, _ = own_redis
+    redis = start_redis()
+    api = uvicorn_api(REDIS_URL=url)  # its own Redis: only the consumer below sees this task
+    database_url = sa.make_url(os.environ["DATABASE_URL"])
+    proxy = TcpProxy(database_url.port or 5432)
+    proxy.start()
+    worker = stack.start_worker("background_removal", 2, name="worker-db-away", REDIS_URL=url,
+                                STORAGE_URL=f"file://{tmp_path / 'media'}",
+                                DATABASE_URL=database_url.set(port=proxy.port).render_as_string(hide_password=False))
+    try:
+        proxy.stop()
+        small = io.BytesIO()
+        astronaut.resize((96, 96)).save(small, format="PNG")
+        task_id = httpx.post(f"{api}{CREATE}", data={"prompt": "db away", "task_type": "background_removal"},
+                             files={"image": ("in.png", small.getvalue())}, timeout=30).json()["task_id"]
+        log = stack.log_dir / "worker-db-away.log"
+        _wait_until(lambda: "database unavailable" in log.read_text(), 60, "the consumer to hand the task back")
+        assert task_row(task_id).status == "PENDING"
+        assert redis.llen("background_removal") + redis.hlen("unacked") >= 1, "the message was acked"
+        proxy.start()
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
+                "SUCCESS", "FAILURE") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stack.forget("worker-db-away")
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        proxy.stop()
+    assert (status["status"], status["retry_count"]) == ("SUCCESS", 0), status
