@@ -1,4 +1,5 @@
-"""Process-wide memory settings, shared by the API and the model replicas (no dependencies: the API imports it)."""
+"""Process-wide memory settings (no dependencies: the API imports it). The API sets the threshold below; for the
+model replicas `scripts/measure_replica_memory.py` weighs it first (docs/benchmarks.md, Memory after model jobs)."""
 
 import ctypes
 import ctypes.util
