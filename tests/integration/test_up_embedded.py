@@ -93,18 +93,19 @@ def test_up_with_no_env_runs_a_job_end_to_end_and_stops_cleanly(tmp_path, astron
 
 
 def test_tasks_queued_when_the_stack_stops_run_after_it_starts_again(tmp_path, astronaut, settings):
-    """Stopped right after 40 tasks were created, most still queued; started again on the same data folder (the
-    embedded Redis keeps its queue in an append-only file): every task ends SUCCESS."""
-    env = _env(tmp_path, settings)
+    """Stopped right after 20 tasks were created, most still queued (one at a time, each a few seconds: the drain
+    finishes only the running one); started again on the same data folder (the embedded Redis keeps its queue in
+    an append-only file): every task ends SUCCESS."""
+    env = {**_env(tmp_path, settings), "CONSUMER_CONCURRENCY": "1"}
     picture = io.BytesIO()
-    astronaut.resize((128, 128)).save(picture, format="PNG")
+    astronaut.resize((2048, 2048)).save(picture, format="PNG")
     up = _Up(env)
     try:
         up.wait_until_up()
         form = {"task_type": "background_removal", "prompt": "queued"}
         task_ids = [httpx.post(f"{up.api}/api/v1/tasks/create/", data=form, timeout=30,
                                files={"image": ("in.png", picture.getvalue())}).json()["task_id"]
-                    for _ in range(40)]
+                    for _ in range(20)]
     finally:
         assert up.stop() == 0, up.said
     with sqlite3.connect(Path(env["DATA_DIR"]) / "backendai.db") as db:
