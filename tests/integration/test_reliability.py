@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 
 import psutil
@@ -154,6 +155,27 @@ def own_redis(tmp_path):
             server.kill()
 
 
+@contextmanager
+def _own_consumer(stack, name: str, concurrency: int, redis_url: str, tmp_path, **env: str):
+    """A background removal consumer on a test's own Redis and storage (the `uvicorn_api` beside it uses the same
+    DATA_DIR), stopped at the end."""
+    worker = stack.start_worker("background_removal", concurrency, name=name, REDIS_URL=redis_url,
+                                STORAGE_URL=f"file://{tmp_path / 'media'}", **env)
+    try:
+        yield worker
+    finally:
+        stack.forget(name)
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+
+
+def _finished(api: str, task_id: str, timeout_s: float = 120) -> dict:
+    import httpx
+
+    with httpx.Client(base_url=api, timeout=30) as client:
+        return wait_for(client, task_id, {"SUCCESS", "FAILURE"}, timeout_s=timeout_s)
+
+
 def _answers(client) -> bool:
     import redis
 
@@ -190,19 +212,10 @@ def test_queued_tasks_survive_a_redis_restart_and_the_api_recovers_by_itself(sta
     assert recovered.status_code == 201, recovered.text
     queued.append(recovered.json()["task_id"])
 
-    worker = stack.start_worker("background_removal", 2, name="worker-own-redis", REDIS_URL=url,
-                                STORAGE_URL=f"file://{tmp_path / 'media'}")
-    try:
+    with _own_consumer(stack, "worker-own-redis", 2, url, tmp_path):
         for task_id in queued:
-            deadline = time.monotonic() + 120
-            while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
-                    "SUCCESS", "FAILURE") and time.monotonic() < deadline:
-                time.sleep(0.2)
+            status = _finished(api, task_id)
             assert status["status"] == "SUCCESS", status
-    finally:
-        stack.forget("worker-own-redis")
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
 
 
 def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_redis, tmp_path, slow_png):
@@ -212,22 +225,12 @@ def test_the_soft_time_limit_ends_the_task_timed_out(stack, uvicorn_api, own_red
     url, start_redis, _ = own_redis
     start_redis()
     api = uvicorn_api(REDIS_URL=url)  # its own Redis: only the worker below sees this task
-    worker = stack.start_worker("background_removal", 1, name="worker-soft-limit", REDIS_URL=url,
-                                STORAGE_URL=f"file://{tmp_path / 'media'}", TASK_SOFT_TIME_LIMIT_S="1",
-                                TASK_TIME_LIMIT_S="60")
-    try:
+    with _own_consumer(stack, "worker-soft-limit", 1, url, tmp_path, TASK_SOFT_TIME_LIMIT_S="1",
+                       TASK_TIME_LIMIT_S="60"):
         task_id = httpx.post(f"{api}{CREATE}", data={"prompt": "slow", "task_type": "background_removal"},
                              files={"image": ("in.png", slow_png)}, timeout=30).json()["task_id"]
-        deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
-                "SUCCESS", "FAILURE") and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        stack.forget("worker-soft-limit")
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
+        status = _finished(api, task_id)
     assert (status["status"], status["error_message"], status["retry_count"]) == ("FAILURE", "timed out", 0)
-
 
 
 def test_a_killed_ray_head_comes_back_and_every_consumer_reconnects(http, stack, slow_png, astronaut_png):
@@ -265,27 +268,20 @@ def test_a_consumer_whose_database_goes_away_hands_its_task_back_and_runs_it_whe
     database_url = sa.make_url(os.environ["DATABASE_URL"])
     proxy = TcpProxy(database_url.port or 5432)
     proxy.start()
-    worker = stack.start_worker("background_removal", 2, name="worker-db-away", REDIS_URL=url,
-                                STORAGE_URL=f"file://{tmp_path / 'media'}",
-                                DATABASE_URL=database_url.set(port=proxy.port).render_as_string(hide_password=False))
+    database_through_proxy = database_url.set(port=proxy.port).render_as_string(hide_password=False)
     try:
-        proxy.stop()
-        small = io.BytesIO()
-        astronaut.resize((96, 96)).save(small, format="PNG")
-        task_id = httpx.post(f"{api}{CREATE}", data={"prompt": "db away", "task_type": "background_removal"},
-                             files={"image": ("in.png", small.getvalue())}, timeout=30).json()["task_id"]
-        log = stack.log_dir / "worker-db-away.log"
-        _wait_until(lambda: "database unavailable" in log.read_text(), 60, "the consumer to hand the task back")
-        assert task_row(task_id).status == "PENDING"
-        assert redis.llen("background_removal") + redis.hlen("unacked") >= 1, "the message was acked"
-        proxy.start()
-        deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{api}/api/v1/tasks/{task_id}/status/").json())["status"] not in (
-                "SUCCESS", "FAILURE") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with _own_consumer(stack, "worker-db-away", 2, url, tmp_path, DATABASE_URL=database_through_proxy):
+            proxy.stop()
+            small = io.BytesIO()
+            astronaut.resize((96, 96)).save(small, format="PNG")
+            task_id = httpx.post(f"{api}{CREATE}", data={"prompt": "db away", "task_type": "background_removal"},
+                                 files={"image": ("in.png", small.getvalue())}, timeout=30).json()["task_id"]
+            log = stack.log_dir / "worker-db-away.log"
+            _wait_until(lambda: "database unavailable" in log.read_text(), 60, "the consumer to hand the task back")
+            assert task_row(task_id).status == "PENDING"
+            assert redis.llen("background_removal") + redis.hlen("unacked") >= 1, "the message was acked"
+            proxy.start()
+            status = _finished(api, task_id)
     finally:
-        stack.forget("worker-db-away")
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
         proxy.stop()
     assert (status["status"], status["retry_count"]) == ("SUCCESS", 0), status
