@@ -29,16 +29,16 @@ from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
 log = logging.getLogger(__name__)
 
 
-CLUSTER_GONE_MESSAGE = "the model service restarted"
-
-
-@dataclass
+@dataclass(frozen=True)
 class Stop:
     """Why the supervisor cancelled a request; `retry` when the task may run again later."""
 
     reason: str
     retry: bool = False
     cluster_gone: bool = False  # the connection the request went through was dropped (a Ray head restart)
+
+
+CLUSTER_GONE = Stop("the model service restarted", retry=True, cluster_gone=True)
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Supervisor:
         with self._lock:
             tasks = [task for task in self._tasks.values() if task.generation == generation]
         for task in tasks:
-            task.cancel(Stop(CLUSTER_GONE_MESSAGE, retry=True, cluster_gone=True))
+            task.cancel(CLUSTER_GONE)
 
     def _ensure_running(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from ray.serve.exceptions import RayServeException, RequestCancelledError
 from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
-from tasks.consumer import CLUSTER_GONE_MESSAGE, RunningTask, Stop, supervisor
+from tasks.consumer import CLUSTER_GONE, RunningTask, Stop, supervisor
 from tasks.models import AITask, utcnow
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
@@ -53,7 +53,7 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
         response = handle.process.remote(**call)
         running.begin_stage(response, generation)
         if not ray_client.is_current(generation):  # dropped while this call was being made
-            running.cancel(Stop(CLUSTER_GONE_MESSAGE, retry=True, cluster_gone=True))
+            running.cancel(CLUSTER_GONE)
         low, high = span
         for event in response:
             running.saw_event()
@@ -66,9 +66,10 @@ def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], wri
             raise _ClusterUnavailable(stop.reason) from exc
         raise _Stopped(stop) from exc
     except Exception as exc:
-        if _needs_reconnect(exc):
+        reconnect = _needs_reconnect(exc)
+        if reconnect:
             ray_client.disconnect(generation)
-        if running.running_since is None and (_needs_reconnect(exc) or isinstance(exc, RayActorError)):
+        if running.running_since is None and (reconnect or isinstance(exc, RayActorError)):
             # No model work began (the replica went away before taking it): the cluster's trouble, not the task's.
             raise _ClusterUnavailable(_error_message(exc)) from exc
         raise
