@@ -20,25 +20,17 @@ CUTOFF = datetime(2000, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def finished(database):
+def finished(saved_rows):
     """Adds `count` SUCCESS tasks finished in 2000, each with a stored input and result; removes them after."""
-    added: list[AITask] = []
 
     def add(count: int, finished_at: datetime = FINISHED_AT) -> list[AITask]:
         storage = get_storage()
         rows = [AITask(task_type=TaskType.BACKGROUND_REMOVAL, prompt="expiry", status=TaskStatus.SUCCESS,
                        completed_at=finished_at + timedelta(seconds=n), input_image=storage.put("input", b"in"),
                        result_image=storage.put("output", b"out")) for n in range(count)]
-        with session_scope() as session:
-            session.add_all(rows)
-            session.commit()
-        added.extend(rows)
-        return rows
+        return saved_rows(*rows)
 
-    yield add
-    with session_scope() as session:
-        session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in added])))
-        session.commit()
+    return add
 
 
 def _expired(rows: list[AITask]) -> int:

@@ -24,27 +24,17 @@ FINISHED_AT = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def rows(database):
+def rows(saved_rows):
     """Adds rows (kwargs per row) and removes them after the test. The estimate reads every task of a type (those
     running now, the recent durations), so the rows of earlier tests in this run are removed first."""
     with session_scope() as session:
         session.execute(sa.delete(AITask))
         session.commit()
-    added: list[AITask] = []
 
     def add(**fields) -> AITask:
-        row = AITask(prompt="estimate", celery_task_id=str(uuid.uuid4()), **fields)
-        with session_scope() as session:
-            session.add(row)
-            session.commit()
-            session.refresh(row)
-        added.append(row)
-        return row
+        return saved_rows(AITask(prompt="estimate", celery_task_id=str(uuid.uuid4()), **fields))[0]
 
-    yield add
-    with session_scope() as session:
-        session.execute(sa.delete(AITask).where(AITask.id.in_([row.id for row in added])))
-        session.commit()
+    return add
 
 
 def _generation(steps: int = 30, side: int = 512) -> dict:
