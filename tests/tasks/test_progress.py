@@ -104,10 +104,9 @@ def test_progress_writes_are_throttled_from_the_claim(task):
     assert (_status(task).progress, _status(task).message) == (70, "Encoding")
 
 
+@pytest.mark.postgres  # pg_terminate_backend
 def test_a_state_write_survives_its_connection_being_killed(task, database):
     """The row is locked while the write waits; its connection is terminated; the write retries and lands."""
-    if not database.startswith("postgresql"):
-        pytest.skip("pg_terminate_backend needs Postgres")
     from tasks.db import get_engine
 
     progress.claim(task.id, task.celery_task_id, worker="host:1")
