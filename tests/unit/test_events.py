@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deployments.events import paced, progress_event, stream_in_thread
+from deployments.events import InvalidInput, paced, progress_event, stream_in_thread
 
 
 def slow_model(steps: int, log: list[str], step_s: float = 0.05):
@@ -93,3 +93,13 @@ def test_paced_keeps_the_first_event_and_the_result_and_thins_the_rest():
     events = [progress_event(step, "x") for step in range(100)] + [{"result": {}}]
     kept = list(paced((event for event in events), min_interval_s=60))
     assert kept == [events[0], events[-1]]
+
+
+def test_bad_input_is_told_from_a_bug_by_its_type_across_ray():
+    """Ray re-raises a replica's exception as a RayTaskError that is also of its class: InvalidInput stays one (the
+    task fails at once, tasks/processing.py), while a ValueError from a bug does not pass for it (it is retried)."""
+    from ray.exceptions import RayTaskError
+
+    bad_input = RayTaskError("process", "Traceback", InvalidInput("no face found")).as_instanceof_cause()
+    bug = RayTaskError("process", "Traceback", ValueError("operands could not be broadcast")).as_instanceof_cause()
+    assert isinstance(bad_input, InvalidInput) and not isinstance(bug, InvalidInput)
