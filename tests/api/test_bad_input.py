@@ -34,6 +34,7 @@ IMAGE = [("image", ("a.png", PNG, "image/png"))]
 BR = {"task_type": "background_removal", "prompt": "cut out"}
 GEN = {"task_type": "image_generation", "prompt": "a lighthouse"}
 PRIVATE_WEBHOOKS_OFF = {"webhook_allow_private": False}
+NON_PUBLIC = "webhook_url resolves to a non-public address"
 BOUNDARY = "bound4ry"
 MULTIPART = [("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")]
 
@@ -67,6 +68,11 @@ class Case:
     headers: list[tuple[str, str]] = field(default_factory=list)
     content: bytes | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _private_webhook(case_id: str, url: str, error: str) -> Case:
+    """A create whose webhook_url must be refused while private targets are not allowed."""
+    return Case(case_id, 400, error, {**BR, "webhook_url": url}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF)
 
 
 def _params(text: str, form: dict[str, str] = BR) -> dict[str, str]:
@@ -153,24 +159,16 @@ CREATE_CASES = [
          {**BR, "webhook_url": "http://example.com/" + "a" * 2000}, IMAGE),
     Case("webhook-label-too-long", 400, "webhook_url host", {**BR, "webhook_url": f"http://{'a' * 64}.com/"}, IMAGE,
          settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-loopback", 400, "webhook_url resolves to a non-public address (127.0.0.1)",
-         {**BR, "webhook_url": "http://127.0.0.1:9/hook"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-localhost", 400, "webhook_url resolves to a non-public address",
-         {**BR, "webhook_url": "http://localhost/hook"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-cloud-metadata", 400, "webhook_url resolves to a non-public address (169.254.169.254)",
-         {**BR, "webhook_url": "http://169.254.169.254/latest/meta-data/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-ipv4-mapped-loopback", 400, "webhook_url resolves to a non-public address",
-         {**BR, "webhook_url": "http://[::ffff:127.0.0.1]/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-unspecified-address", 400, "webhook_url resolves to a non-public address (0.0.0.0)",
-         {**BR, "webhook_url": "http://0.0.0.0/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-private-range", 400, "webhook_url resolves to a non-public address (10.1.2.3)",
-         {**BR, "webhook_url": "http://user:pw@10.1.2.3/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-invalid-punycode", 400, "webhook_url host 'xn--a.com' does not resolve",
-         {**BR, "webhook_url": "http://xn--a.com/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-decimal-loopback", 400, "webhook_url resolves to a non-public address (127.0.0.1)",
-         {**BR, "webhook_url": "http://2130706433/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-hex-loopback", 400, "webhook_url resolves to a non-public address (127.0.0.1)",
-         {**BR, "webhook_url": "http://0x7f.1/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
+    _private_webhook("webhook-loopback", "http://127.0.0.1:9/hook", f"{NON_PUBLIC} (127.0.0.1)"),
+    _private_webhook("webhook-localhost", "http://localhost/hook", NON_PUBLIC),
+    _private_webhook("webhook-cloud-metadata", "http://169.254.169.254/latest/meta-data/",
+                     f"{NON_PUBLIC} (169.254.169.254)"),
+    _private_webhook("webhook-ipv4-mapped-loopback", "http://[::ffff:127.0.0.1]/", NON_PUBLIC),
+    _private_webhook("webhook-unspecified-address", "http://0.0.0.0/", f"{NON_PUBLIC} (0.0.0.0)"),
+    _private_webhook("webhook-private-range", "http://user:pw@10.1.2.3/", f"{NON_PUBLIC} (10.1.2.3)"),
+    _private_webhook("webhook-invalid-punycode", "http://xn--a.com/", "webhook_url host 'xn--a.com' does not resolve"),
+    _private_webhook("webhook-decimal-loopback", "http://2130706433/", f"{NON_PUBLIC} (127.0.0.1)"),
+    _private_webhook("webhook-hex-loopback", "http://0x7f.1/", f"{NON_PUBLIC} (127.0.0.1)"),
     # a field of the wrong kind: a file where text is expected, text where a file is
     Case("prompt-as-a-file", 400, "Invalid input: prompt: must be a text field, not a file", BR,
          IMAGE + [("prompt", ("p.txt", b"cut out", "text/plain"))]),
