@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.helpers import png_bytes
 from tests.services import (
+    SERVICES_SETTING,
     EmbeddedRedis,
     ThrowawayPostgres,
     can_run_postgres,
@@ -37,6 +38,9 @@ THROWAWAY_POSTGRES = ThrowawayPostgres(free_port()) if SERVER_DATABASE_URL is No
 if THROWAWAY_POSTGRES is not None:
     SERVER_DATABASE_URL = THROWAWAY_POSTGRES.url
 USES_SQLITE = SERVER_DATABASE_URL is None or SERVER_DATABASE_URL.startswith("sqlite")
+SQLITE_BECAUSE = ("DATABASE_URL names it" if SERVER_DATABASE_URL else "BACKENDAI_TEST_SERVICES=sqlite"
+                  if os.environ.get(SERVICES_SETTING) == "sqlite" else
+                  "no DATABASE_URL, none answering on 127.0.0.1:5432, no pg_ctl to start one")
 RUN_DATABASE_URL = (f"sqlite:///{DATA_DIR / 'backendai-test.db'}" if SERVER_DATABASE_URL is None
                     else SERVER_DATABASE_URL if USES_SQLITE
                     else str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)))
@@ -82,8 +86,8 @@ def pytest_collection_modifyitems(config, items) -> None:
         return
     for item in items:
         if "postgres" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=f"{item.nodeid} needs PostgreSQL; this run uses SQLite (no "
-                                                    "DATABASE_URL, none answering, no pg_ctl: tests/services.py)"))
+            item.add_marker(pytest.mark.skip(reason=f"{item.nodeid} needs PostgreSQL; this run uses SQLite "
+                                                    f"({SQLITE_BECAUSE})"))
 
 
 def _server_engine() -> sa.Engine:
