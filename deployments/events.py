@@ -7,7 +7,9 @@ progress events, then exactly one result:
     {"result": {"image": <PNG bytes>, "metadata": {...}}}     the final output
 A stage that prepares another (e.g. prompt refinement) returns no image but may return `prompt` and
 `parameters` for the next stage: {"result": {"prompt": str, "parameters": {...}, "metadata": {...}}}.
-A deployment signals bad input (permanent: no retry) by raising `InvalidInput`, a ValueError.
+A deployment signals bad input (permanent: no retry) by raising `InvalidInput`. That type, not any ValueError,
+is what tasks/processing.py fails a task on at once (Ray re-raises a replica's exception as a RayTaskError that is
+also an instance of its class); any other failure may pass and is retried, a bounded number of times.
 """
 
 import asyncio
@@ -21,8 +23,9 @@ from typing import Any
 from PIL import Image
 
 
-class InvalidInput(ValueError):
-    """The input can never succeed (not an image, no face, bad parameter): fail at once, do not retry."""
+class InvalidInput(Exception):
+    """The input can never succeed (not an image, no face, bad parameter): fail at once, do not retry. Not a
+    ValueError on purpose: a ValueError from a bug in a model must not pass for the user's mistake."""
 
 
 def progress_event(progress: int, message: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.service import QueueUnavailable
@@ -34,6 +35,15 @@ def error_response(status_code: int, error: str, details: Any = None,
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message, except where it would name Python types instead of the form's terms."""
+    if "Expected UploadFile" in error["msg"]:
+        return "must be a file upload, not a text field"
+    if error["type"] == "string_type" and isinstance(error.get("input"), UploadFile):
+        return "must be a text field, not a file"
+    return error["msg"]
+
+
 def _unavailable(what: str) -> JSONResponse:
     return error_response(503, f"{what} is unavailable; nothing was changed. Retry in a few seconds.",
                           headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -50,9 +60,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
+        details = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": _message(e)}
                    for e in exc.errors()]
-        return error_response(400, "Invalid input", details)
+        first = details[0] if details else {"field": "request", "message": "is not valid"}
+        return error_response(400, f"Invalid input: {first['field']}: {first['message']}", details)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     async def database_down(_: Request, exc: Exception) -> JSONResponse:

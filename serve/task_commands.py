@@ -196,10 +196,10 @@ def submit(args: argparse.Namespace) -> int:
         if not args.wait:
             _emit(args, created, f"task {task_id} queued")
             return 0
-        if not args.json:
-            print(f"task {task_id} queued", flush=True)
         progress = Progress(quiet=args.json)
         try:
+            if not args.json:  # inside the try: from this line on, Ctrl-C cancels the task
+                print(f"task {task_id} queued", flush=True)
             final = client.wait(task_id, on_status=progress, timeout_s=max(0.0, deadline - time.monotonic()))
         except KeyboardInterrupt:
             _cancel_on_interrupt(client, task_id)

@@ -12,6 +12,7 @@ from celery.exceptions import Reject
 from ray.exceptions import RayActorError, RaySystemError
 from ray.serve.exceptions import RayServeException, RequestCancelledError
 
+from deployments.events import InvalidInput
 from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
@@ -80,7 +81,7 @@ def _read_input(storage: Storage, key: str) -> bytes:
     try:
         return storage.get(key)
     except FileNotFoundError:  # deleted (expiry, an operator): no retry can bring it back
-        raise ValueError("the input image is no longer in storage") from None
+        raise InvalidInput("the input image is no longer in storage") from None
 
 
 def stage_spans(stages: tuple[Stage, ...]) -> list[tuple[int, int]]:
@@ -187,7 +188,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
             _fail(task_uuid, str(stopped))
             return {"status": "stopped", "task_id": task_id}
         return _retry_or_fail(celery_task, task, stopped)
-    except ValueError as exc:  # bad input (deployments raise InvalidInput, a ValueError): never retried
+    except InvalidInput as exc:  # the one permanent failure, by type (deployments/events.py): never retried
         _fail(task_uuid, _error_message(exc))
         return {"status": "failure", "task_id": task_id}
     except progress.DatabaseUnavailable:

@@ -63,7 +63,8 @@ def _checked_address(url: httpx.URL) -> str:
     try:
         addresses = [info[4][0] for info in socket.getaddrinfo(host, url.port or 443, type=socket.SOCK_STREAM)]
     except (socket.gaierror, UnicodeError):
-        raise WebhookRefused(f"webhook_url host {url.host!r} does not resolve") from None
+        # The host as sent (ASCII): decoding an invalid punycode label (xn--…) back to Unicode would raise.
+        raise WebhookRefused(f"webhook_url host {host!r} does not resolve") from None
     if not get_settings().webhook_allow_private:
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])

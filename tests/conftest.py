@@ -1,14 +1,15 @@
 """Fixtures: a throw-away Postgres database and Redis db per run, and the real stack (Ray, Serve, Celery).
 
-DATABASE_URL names the Postgres server (a fresh database is created on it and dropped afterwards) and REDIS_URL
-the Redis server (a free numbered db on it is locked for the run); both default to the local services on
-127.0.0.1. Both are taken lazily, by the `database` and `redis_client` fixtures: tests that need neither (the unit
-tier, tests/unit/) run with no server reachable. The stack takes free ports, so a developer's `backendai up` or
-another test run can keep running.
+Which Postgres and Redis servers the run uses is tests/services.py's rule: the ones DATABASE_URL and REDIS_URL
+name, else the local ones if they answer, else the run brings its own (embedded redis-server; a throwaway Postgres
+cluster where PostgreSQL is installed, else SQLite with the tests marked `postgres` skipped). On a server a fresh
+database is created and dropped afterwards, and a free numbered Redis db is locked for the run. Both are taken
+lazily, by the `database` and `redis_client` fixtures: tests that need neither (the unit tier, tests/unit/) run
+with no server reachable. The stack takes free ports, so a developer's `backendai up` or another test run can
+keep running.
 """
 
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -19,11 +20,32 @@ import sqlalchemy as sa
 from PIL import Image
 
 from tests.helpers import png_bytes
+from tests.services import (
+    SERVICES_SETTING,
+    EmbeddedRedis,
+    ThrowawayPostgres,
+    can_run_postgres,
+    database_server_url,
+    free_port,
+    redis_server_url,
+)
 
-SERVER_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-SERVER_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_DATABASE = f"backendai_test_{uuid.uuid4().hex[:10]}"
 DATA_DIR = Path(tempfile.mkdtemp(prefix="backendai-test-"))
+
+SERVER_DATABASE_URL = database_server_url()
+THROWAWAY_POSTGRES = ThrowawayPostgres(free_port()) if SERVER_DATABASE_URL is None and can_run_postgres() else None
+if THROWAWAY_POSTGRES is not None:
+    SERVER_DATABASE_URL = THROWAWAY_POSTGRES.url
+USES_SQLITE = SERVER_DATABASE_URL is None or SERVER_DATABASE_URL.startswith("sqlite")
+SQLITE_BECAUSE = ("DATABASE_URL names it" if SERVER_DATABASE_URL else "BACKENDAI_TEST_SERVICES=sqlite"
+                  if os.environ.get(SERVICES_SETTING) == "sqlite" else
+                  "no DATABASE_URL, none answering on 127.0.0.1:5432, no pg_ctl to start one")
+RUN_DATABASE_URL = (f"sqlite:///{DATA_DIR / 'backendai-test.db'}" if SERVER_DATABASE_URL is None
+                    else SERVER_DATABASE_URL if USES_SQLITE
+                    else str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)))
+SERVER_REDIS_URL = redis_server_url()
+EMBEDDED_REDIS = EmbeddedRedis(free_port()) if SERVER_REDIS_URL is None else None
 
 # Held on the Redis db of a run (scripts/bench honours it too): test runs and benchmarks never share a db.
 REDIS_LOCK = "backendai:test-run"
@@ -33,16 +55,9 @@ REDIS_LOCK_TTL_S = 3 * 3600
 NO_REDIS_YET = "redis://127.0.0.1:9/0"
 
 
-def free_port() -> int:
-    """A free TCP port. Not serve.stack's: importing that module reads the settings, before they are set below."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # Read by every process of the stack (Settings come from the environment), so set before anything imports it.
 os.environ.update(
-    DATABASE_URL=str(sa.make_url(SERVER_DATABASE_URL).set(database=TEST_DATABASE)),
+    DATABASE_URL=RUN_DATABASE_URL,
     REDIS_URL=NO_REDIS_YET,
     DATA_DIR=str(DATA_DIR),
     API_PORT=str(free_port()),
@@ -58,6 +73,23 @@ os.environ.update(
 )
 
 
+def pytest_report_header(config) -> list[str]:
+    database = ("SQLite (no PostgreSQL configured, answering or installed)" if SERVER_DATABASE_URL is None
+                else f"throwaway PostgreSQL on port {THROWAWAY_POSTGRES.port}" if THROWAWAY_POSTGRES
+                else sa.make_url(SERVER_DATABASE_URL).render_as_string())
+    redis = "embedded redis-server" if EMBEDDED_REDIS else SERVER_REDIS_URL
+    return [f"backendai test services: database {database}; redis {redis}"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not USES_SQLITE:
+        return
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=f"{item.nodeid} needs PostgreSQL; this run uses SQLite "
+                                                    f"({SQLITE_BECAUSE})"))
+
+
 def _server_engine() -> sa.Engine:
     return sa.create_engine(SERVER_DATABASE_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
@@ -66,7 +98,7 @@ def _lock_a_redis_db() -> str:
     """A numbered Redis db that no other test run or benchmark holds (runs may overlap on one machine)."""
     import redis
 
-    server = SERVER_REDIS_URL.rsplit("/", 1)[0]
+    server = (EMBEDDED_REDIS.url if EMBEDDED_REDIS else SERVER_REDIS_URL).rsplit("/", 1)[0]
     for number in range(1, 16):
         client = redis.Redis.from_url(f"{server}/{number}")
         if client.set(REDIS_LOCK, TEST_DATABASE, nx=True, ex=REDIS_LOCK_TTL_S):
@@ -99,15 +131,26 @@ def database(settings) -> Iterator[str]:
     """The per-run Postgres database, created on first use, migrated to the newest schema, dropped at the end."""
     from tasks.db import get_engine, migrate
 
-    with _server_engine().connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
-    try:
+    if USES_SQLITE:
         migrate()
         yield settings.effective_database_url
-    finally:
         get_engine().dispose()
+        return
+    if THROWAWAY_POSTGRES:
+        THROWAWAY_POSTGRES.start()
+    try:
         with _server_engine().connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+            connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
+        try:
+            migrate()
+            yield settings.effective_database_url
+        finally:
+            get_engine().dispose()
+            with _server_engine().connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+    finally:
+        if THROWAWAY_POSTGRES:
+            THROWAWAY_POSTGRES.stop()
 
 
 @pytest.fixture(scope="session")
@@ -115,15 +158,21 @@ def redis_client():
     """The per-run Redis db, locked on first use and emptied before and after (which also releases the lock)."""
     import redis
 
-    url = _lock_a_redis_db()
-    client = redis.Redis.from_url(url)
+    if EMBEDDED_REDIS:
+        EMBEDDED_REDIS.start()
     try:
-        _use_redis(url)
-        client.flushdb()
-        client.set(REDIS_LOCK, TEST_DATABASE, ex=REDIS_LOCK_TTL_S)
-        yield client
+        url = _lock_a_redis_db()
+        client = redis.Redis.from_url(url)
+        try:
+            _use_redis(url)
+            client.flushdb()
+            client.set(REDIS_LOCK, TEST_DATABASE, ex=REDIS_LOCK_TTL_S)
+            yield client
+        finally:
+            client.flushdb()
     finally:
-        client.flushdb()
+        if EMBEDDED_REDIS:
+            EMBEDDED_REDIS.stop()
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ class RawResponse:
     headers: dict[str, str]
     body: bytes
     chunks_read: int = 0  # body chunks the app asked for (asgi_request only)
+    chunks_read_when_answered: int = 0  # ... when it started its response
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -58,6 +59,7 @@ def asgi_request(app, method: str, target: str, headers: Sequence[tuple[str, str
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 response.status = message["status"]
+                response.chunks_read_when_answered = response.chunks_read
                 response.headers = {name.decode("latin-1"): value.decode("latin-1")
                                     for name, value in message.get("headers", [])}
             elif message["type"] == "http.response.body":

@@ -125,7 +125,11 @@ def _media_url(request: Request, key: str | None, public_base: str | None) -> st
 
 def _prefer_wait_s(prefer: str | None) -> int:
     match = PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), MAX_PREFER_WAIT_S) if match else 0
+    if not match:
+        return 0
+    digits = match.group(1).lstrip("0") or "0"
+    # Past the cap either way; thousands of digits would not even convert to an int.
+    return MAX_PREFER_WAIT_S if len(digits) > 3 else min(int(digits), MAX_PREFER_WAIT_S)
 
 
 def _taking_registered_uploads(endpoint: Callable) -> Callable:

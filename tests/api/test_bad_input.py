@@ -34,6 +34,7 @@ IMAGE = [("image", ("a.png", PNG, "image/png"))]
 BR = {"task_type": "background_removal", "prompt": "cut out"}
 GEN = {"task_type": "image_generation", "prompt": "a lighthouse"}
 PRIVATE_WEBHOOKS_OFF = {"webhook_allow_private": False}
+NON_PUBLIC = "webhook_url resolves to a non-public address"
 BOUNDARY = "bound4ry"
 MULTIPART = [("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")]
 
@@ -67,6 +68,11 @@ class Case:
     headers: list[tuple[str, str]] = field(default_factory=list)
     content: bytes | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _private_webhook(case_id: str, url: str, error: str) -> Case:
+    """A create whose webhook_url must be refused while private targets are not allowed."""
+    return Case(case_id, 400, error, {**BR, "webhook_url": url}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF)
 
 
 def _params(text: str, form: dict[str, str] = BR) -> dict[str, str]:
@@ -153,18 +159,30 @@ CREATE_CASES = [
          {**BR, "webhook_url": "http://example.com/" + "a" * 2000}, IMAGE),
     Case("webhook-label-too-long", 400, "webhook_url host", {**BR, "webhook_url": f"http://{'a' * 64}.com/"}, IMAGE,
          settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-loopback", 400, "webhook_url resolves to a non-public address (127.0.0.1)",
-         {**BR, "webhook_url": "http://127.0.0.1:9/hook"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-localhost", 400, "webhook_url resolves to a non-public address",
-         {**BR, "webhook_url": "http://localhost/hook"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-cloud-metadata", 400, "webhook_url resolves to a non-public address (169.254.169.254)",
-         {**BR, "webhook_url": "http://169.254.169.254/latest/meta-data/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-ipv4-mapped-loopback", 400, "webhook_url resolves to a non-public address",
-         {**BR, "webhook_url": "http://[::ffff:127.0.0.1]/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-unspecified-address", 400, "webhook_url resolves to a non-public address (0.0.0.0)",
-         {**BR, "webhook_url": "http://0.0.0.0/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
-    Case("webhook-private-range", 400, "webhook_url resolves to a non-public address (10.1.2.3)",
-         {**BR, "webhook_url": "http://user:pw@10.1.2.3/"}, IMAGE, settings=PRIVATE_WEBHOOKS_OFF),
+    _private_webhook("webhook-loopback", "http://127.0.0.1:9/hook", f"{NON_PUBLIC} (127.0.0.1)"),
+    _private_webhook("webhook-localhost", "http://localhost/hook", NON_PUBLIC),
+    _private_webhook("webhook-cloud-metadata", "http://169.254.169.254/latest/meta-data/",
+                     f"{NON_PUBLIC} (169.254.169.254)"),
+    _private_webhook("webhook-ipv4-mapped-loopback", "http://[::ffff:127.0.0.1]/", NON_PUBLIC),
+    _private_webhook("webhook-unspecified-address", "http://0.0.0.0/", f"{NON_PUBLIC} (0.0.0.0)"),
+    _private_webhook("webhook-private-range", "http://user:pw@10.1.2.3/", f"{NON_PUBLIC} (10.1.2.3)"),
+    _private_webhook("webhook-invalid-punycode", "http://xn--a.com/", "webhook_url host 'xn--a.com' does not resolve"),
+    _private_webhook("webhook-decimal-loopback", "http://2130706433/", f"{NON_PUBLIC} (127.0.0.1)"),
+    _private_webhook("webhook-hex-loopback", "http://0x7f.1/", f"{NON_PUBLIC} (127.0.0.1)"),
+    # a field of the wrong kind: a file where text is expected, text where a file is
+    Case("prompt-as-a-file", 400, "Invalid input: prompt: must be a text field, not a file", BR,
+         IMAGE + [("prompt", ("p.txt", b"cut out", "text/plain"))]),
+    Case("parameters-as-a-file", 400, "Invalid input: parameters: must be a text field, not a file", GEN,
+         [("parameters", ("p.json", b"{}", "application/json"))]),
+    Case("image-as-text", 400, "Invalid input: image: must be a file upload, not a text field",
+         {**BR, "image": "not-a-file"}),
+    Case("target-image-as-text", 400, "Invalid input: target_image: must be a file upload, not a text field",
+         {"task_type": "face_swap", "prompt": "swap", "target_image": "x"}, IMAGE),
+    Case("multipart-part-without-name", 400, 'The Content-Disposition header field "name" must be provided',
+         headers=MULTIPART, content=f'--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nv\r\n'
+                                    f'--{BOUNDARY}--\r\n'.encode()),
+    Case("idempotency-key-over-200", 400, "Invalid input: idempotency-key: String should have at most 200",
+         GEN, headers=[("Idempotency-Key", "k" * 201)]),
 ]
 
 TASK = "/api/v1/tasks"
@@ -188,6 +206,19 @@ TASK_CASES = [
     Case("cancel-GET", 405, "Method Not Allowed", method="GET", path=f"{TASK}/{{pending}}/cancel/"),
     Case("cancel-NUL-id", 400, "NUL characters are not allowed in the URL", path=f"{TASK}/%00/cancel/"),
     Case("create-GET", 405, "Method Not Allowed", method="GET"),
+    Case("list-limit-twice", 400, "Query parameter limit may be sent once", method="GET",
+         path=f"{TASK}/?limit=1&limit=2"),
+    Case("list-limit-5000-digits", 400, "Invalid input: limit:", method="GET", path=f"{TASK}/?limit={'9' * 5000}"),
+    Case("list-status-lowercase", 400, "Invalid input: status:", method="GET", path=f"{TASK}/?status=success"),
+    Case("list-cursor-garbage", 400, "Invalid cursor", method="GET", path=f"{TASK}/?cursor=%25%25%25"),
+    Case("status-10000-character-id", 404, "Task not found", method="GET", path=f"{TASK}/{'a' * 10000}/status/"),
+    Case("events-malformed", 404, "Task not found: 'abc' is not a valid task id", method="GET",
+         path=f"{TASK}/abc/events/"),
+    Case("delete-malformed", 404, "Task not found: 'abc' is not a valid task id", method="DELETE", path=f"{TASK}/abc/"),
+    Case("style-thumbnail-traversal", 404, "Not Found", method="GET",
+         path="/api/v1/styles/..%2F..%2Fetc%2Fpasswd/thumbnail.jpg"),
+    Case("style-thumbnail-unknown", 404, "Unknown style 'nope'", method="GET",
+         path="/api/v1/styles/nope/thumbnail.jpg"),
 ]
 
 MEDIA_CASES = [
@@ -289,14 +320,16 @@ def test_a_declared_body_over_the_limit_is_413_before_a_byte_is_read(api_client,
 
 def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_limit(database, redis_client, nothing_written, settings,
                                                                     monkeypatch):
-    """No Content-Length (chunked): counted as it arrives; the app stops reading at the limit."""
+    """No Content-Length (chunked): counted as it arrives; the app answers as soon as it passes the limit (the rest is
+    only read to be thrown away, so that the client can read the answer)."""
     monkeypatch.setattr(settings, "max_upload_bytes", 1024 * 1024)
     limit, chunk = max_request_body_bytes(settings), 64 * 1024
     body = _upload_of(limit + 20 * chunk)
     chunks = [body[start:start + chunk] for start in range(0, len(body), chunk)]
     response = asgi_request(create_app(), "POST", CREATE, MULTIPART, chunks=chunks)
     assert_refused(response.status, response.body.decode(), 413, "Request body is larger than")
-    assert response.chunks_read == limit // chunk + 1 < len(chunks)
+    assert response.chunks_read_when_answered == limit // chunk + 1 < len(chunks)
+    assert response.chunks_read == len(chunks)
 
 
 def test_a_body_that_arrives_too_slowly_is_408(database, redis_client, nothing_written, settings, monkeypatch):
@@ -339,6 +372,50 @@ def test_body_limits_hold_over_a_real_socket(uvicorn_api):
                               body=[body[start:start + 100] for start in range(0, len(body), 100)], pause_s=0.2)
     assert_refused(trickled.status, trickled.body.decode(), 408, "Request body took longer than 1 s to arrive")
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_60_mb_upload_gets_a_readable_413_at_a_plain_client(uvicorn_api, chunked):
+    """http.client (as urllib, requests) sends the whole body before it reads: the server reads and throws away the
+    rest of a refused body, so the client reads the 413 instead of "connection reset by peer"."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(uvicorn_api())
+    body = _upload_of(60 * 2**20)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    try:
+        headers = dict(MULTIPART)
+        if chunked:
+            connection.request("POST", CREATE, body=iter([body[start:start + 2**20]
+                                                          for start in range(0, len(body), 2**20)]),
+                               headers=headers, encode_chunked=True)
+        else:
+            connection.request("POST", CREATE, body=body, headers=headers)
+        response = connection.getresponse()
+        assert_refused(response.status, response.read().decode(), 413, "Request body is larger than 40.25 MB")
+    finally:
+        connection.close()
+
+
+def test_a_60_mb_upload_through_urllib_reads_the_413(uvicorn_api):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uvicorn_api() + CREATE, data=_upload_of(60 * 2**20), method="POST",
+                                     headers=dict(MULTIPART))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=120)
+    assert_refused(refused.value.code, refused.value.read().decode(), 413, "Request body is larger than 40.25 MB")
+
+
+def test_a_prefer_wait_of_thousands_of_digits_is_the_cap_not_a_crash():
+    """Python refuses to turn more than 4300 digits into an int; `Prefer: wait=<5000 digits>` is simply the cap."""
+    from serve.routes.tasks import MAX_PREFER_WAIT_S, _prefer_wait_s
+
+    assert _prefer_wait_s("wait=" + "9" * 5000) == MAX_PREFER_WAIT_S
+    assert _prefer_wait_s("wait=" + "0" * 5000 + "7") == 7
+    assert _prefer_wait_s("respond-async, wait=30") == 30
 
 
 def test_an_upload_is_decoded_without_a_second_whole_copy(settings):

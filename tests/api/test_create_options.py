@@ -63,7 +63,7 @@ def _finish_when_created(after_s: float, fail: str | None = None) -> threading.T
             if task is not None:
                 break
             time.sleep(0.02)
-        time.sleep(after_s)
+        time.sleep(after_s)  # the stand-in job's own duration, which the Prefer wait is measured against
         assert progress.claim(task.id, f"wait-{task.id}", worker="test:1")
         if fail:
             progress.fail(task.id, fail)

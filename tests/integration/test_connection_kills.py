@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from tasks.db import session_scope
 from tests.helpers import create_background_removal, result_files, task_row, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]  # pg_terminate_backend
 
 TASKS = 40
 # Consumers, beat and the housekeeping worker: every process started as `celery` (tasks/db.py application_name).

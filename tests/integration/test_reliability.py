@@ -255,6 +255,7 @@ def test_a_killed_ray_head_comes_back_and_every_consumer_reconnects(http, stack,
     assert [status["retry_count"] for status in statuses[1:]] == [0, 0], statuses
 
 
+@pytest.mark.postgres  # a TCP proxy in front of the database server
 def test_a_consumer_whose_database_goes_away_hands_its_task_back_and_runs_it_when_it_returns(
         stack, uvicorn_api, own_redis, tmp_path, astronaut, settings):
     """The consumer reaches Postgres through a proxy that is down when the task arrives: the claim cannot be written,

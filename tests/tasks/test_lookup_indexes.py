@@ -4,12 +4,15 @@ scans off), and a metrics scrape over a table of many finished tasks (in a trans
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from serve.metrics import finished_since, unfinished_counts
 from tasks.db import get_engine
 from tasks.service import recent_successes, task_by_result
+
+pytestmark = pytest.mark.postgres  # EXPLAIN, generate_series
 
 # A month of finished tasks, one a minute, as the table of a server that has run for a while holds them.
 FILL = sa.text("""

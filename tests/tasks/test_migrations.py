@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from tasks.db import migrate
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def migrated_url(request, tmp_path, database) -> str:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -35,7 +35,7 @@ LOOKUP_INDEXES = {("result_image",), ("task_type", "status", "created_at"), ("ta
                   ("api_key_id", "created_at", "id"), ("submitter", "status"), ("completed_at",)}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def scratch_url(request, tmp_path, database) -> Iterator[str]:
     """An empty database of its own, to migrate up and down without touching the run's."""
     if request.param == "sqlite":
