@@ -95,7 +95,10 @@ def _backlog_reporter(qos, stages: dict[str, list[str]], consumer: str):
     from tasks.redis_client import redis_client
 
     def report(running) -> None:
-        delivered = list(qos._delivered.copy().values())
+        # An acked message stays in _delivered (tagged in _dirty) until the channel next polls the queue, which an
+        # idle consumer does not do: counting it would hold replicas up after the backlog is gone.
+        acked = set(qos._dirty)
+        delivered = [message for tag, message in qos._delivered.copy().items() if tag not in acked]
         now = time.time()
         with redis_client().pipeline(transaction=False) as pipe:
             for queue, deployments in stages.items():
