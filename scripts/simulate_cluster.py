@@ -609,7 +609,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     nodes.set_xlabel("seconds since the backlog was submitted")
     for axis in (tasks, replicas, nodes):
         for kill_index, kill in enumerate(summary["killed_nodes"]):
-            axis.axvline(kill["t"], color="red", linewidth=1,
+            axis.axvline(kill["t"], color="black", linestyle="-.", linewidth=1.2,
                          label="node killed (raylet SIGKILL)" if kill_index == 0 else None)
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
         axis.grid(alpha=0.3)
