@@ -556,6 +556,10 @@ def summarize(timeline: list[dict[str, Any]], rows: list[dict[str, Any]], facts:
         "first_replica_s": first_replica,
         "decision_latency_s": decision_latencies(timeline, facts["queue_of"]),
         "replica_ready_s": {"p50": percentile(ready, 0.5), "max": max(ready, default=None), "count": len(ready)},
+        # Serve wanting the maximum (the policy's decision), then running it (the nodes and the replicas' start).
+        "time_to_max_target_s": {name: first_t(timeline, lambda sample, name=name:
+                                               sample["target_replicas"].get(name, 0) >= configured[name])
+                                 for name in deployments if name in configured},
         "time_to_max_replicas_s": {name: first_t(timeline, lambda sample, name=name:
                                                  sample["replicas"].get(name, 0) >= configured[name])
                                    for name in deployments if name in configured},

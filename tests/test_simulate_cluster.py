@@ -188,6 +188,8 @@ def test_the_verdict_names_each_requirement_missed(statuses, peak, last, killed,
     assert summary["ok"] is not failed
     assert (summary["max_gpu_nodes"], summary["final_gpu_nodes"]) == (peak, last)
     assert summary["max_replicas"] == {"ImageGeneration": 2} and summary["first_replica_s"] == 5
+    reached = 5 if max_replicas == 2 else None
+    assert summary["time_to_max_target_s"] == summary["time_to_max_replicas_s"] == {"ImageGeneration": reached}
 
 
 def test_a_missing_or_extra_result_file_fails_the_verdict():
