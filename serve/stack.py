@@ -384,7 +384,7 @@ def _model_queues() -> dict[str, list[tuple[str, str]]]:
     """Each model queue and the (application, deployment) pairs its tasks call."""
     queues: dict[str, list[tuple[str, str]]] = {}
     for spec in TASK_SPECS.values():
-        queues.setdefault(spec.queue, []).extend((stage.app_name, stage.deployment_name) for stage in spec.stages)
+        queues.setdefault(str(spec.queue), []).extend((stage.app_name, stage.deployment_name) for stage in spec.stages)
     return queues
 
 

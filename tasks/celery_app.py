@@ -85,7 +85,7 @@ def _stages_by_queue(queues: list[str]) -> dict[str, list[str]]:
     from tasks.autoscaling import deployment_key
     from tasks.registry import TASK_SPECS
 
-    return {spec.queue: [deployment_key(stage.app_name, stage.deployment_name) for stage in spec.stages]
+    return {str(spec.queue): [deployment_key(stage.app_name, stage.deployment_name) for stage in spec.stages]
             for spec in TASK_SPECS.values() if spec.queue in queues}
 
 
