@@ -329,7 +329,7 @@ def deployment_queues() -> dict[str, str]:
     """Each deployment's queue: the task type whose stages call it (tasks/registry.py)."""
     from tasks.registry import TASK_SPECS
 
-    return {stage.deployment_name: spec.queue for spec in TASK_SPECS.values() for stage in spec.stages}
+    return {stage.deployment_name: str(spec.queue) for spec in TASK_SPECS.values() for stage in spec.stages}
 
 
 def configured_max_replicas(config: dict[str, Any]) -> dict[str, int]:

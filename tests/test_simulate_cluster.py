@@ -113,7 +113,7 @@ def test_every_simulated_deployment_scales_on_the_backlog_of_its_own_queue():
 def test_rays_policy_replaces_only_the_policy_and_watches_each_deployments_queue():
     ours = yaml.safe_load(SERVE_CONFIG.read_text())
     theirs = with_ray_policy(ours, "redis://127.0.0.1:1234/0", deployment_queues())
-    ServeDeploySchema.model_validate(theirs)
+    ServeDeploySchema.model_validate(yaml.safe_load(yaml.safe_dump(theirs)))  # as the run writes and deploys it
     assert {name: policy["policy_kwargs"] for name, policy in _policies(theirs).items()} == {
         name: {"broker_url": "redis://127.0.0.1:1234/0", "queue_name": deployment_queues()[name]}
         for name in _policies(ours)}
