@@ -116,6 +116,7 @@ class Supervisor:
         self._lease_every_s = 0.0
         self._last_lease = 0.0
         self._report_backlog: Callable[[list[RunningTask]], None] | None = None
+        self._report_failing = False
 
     @contextmanager
     def track(self, task_id: uuid.UUID, queue: str = "") -> Iterator[RunningTask]:
@@ -189,10 +190,19 @@ class Supervisor:
             notify_finished(task.task_id)
 
     def _report(self) -> None:
-        if self._report_backlog is not None:
-            with self._lock:
-                tasks = list(self._tasks.values())
+        """Every round; a failure (Redis away) is logged once until a report gets through again."""
+        if self._report_backlog is None:
+            return
+        with self._lock:
+            tasks = list(self._tasks.values())
+        try:
             self._report_backlog(tasks)
+        except Exception as exc:
+            if not self._report_failing:
+                log.warning("backlog report failed (%s); retrying every round", exc)
+            self._report_failing = True
+            return
+        self._report_failing = False
 
     def _renew_leases(self) -> None:
         if self._renew_lease is None or time.monotonic() - self._last_lease < self._lease_every_s:
