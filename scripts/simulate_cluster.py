@@ -7,11 +7,11 @@ raylet that the real autoscaler launches and terminates) with the node types of 
 workers), deploys config/serve.simulated.yaml (GPU deployments that scale from zero, tiny CPU models) with our
 autoscaling policy or Ray's AsyncInferenceAutoscalingPolicy, runs the real API, Redis and consumers against it,
 submits a backlog of image generations, style transfers and background removals through the API and samples every
-second: queue depth, tasks in flight, replicas, GPU nodes. Once part of the backlog is done it SIGKILLs the raylets
-of the GPU nodes hosting the most replicas, as a preemption would. It draws the timeline (docs/scaling-timeline.png)
-and prints a summary; with --json its last stdout line is one JSON object. Exit status 1 when a requirement fails:
-every task SUCCESS with one result file, the nodes killed, generation at its max_replicas, at least two GPU nodes
-launched and none left at the end.
+second: queue depth, tasks in flight, replicas, GPU nodes. Once generation runs its max_replicas (or half the
+backlog is done) it SIGKILLs the raylets of the two GPU nodes hosting the most replicas, as a preemption would. It
+draws the timeline (docs/scaling-timeline.png) and prints a summary; with --json its last stdout line is one JSON
+object. Exit status 1 when a requirement fails: every task SUCCESS with one result file, the nodes killed,
+generation at its max_replicas, at least two GPU nodes launched and none left at the end.
 """
 
 import argparse
