@@ -3,7 +3,8 @@
 Order: weights → schema → Redis (embedded unless REDIS_URL) → Ray head (unless RAY_ADDRESS) → `serve deploy`
 of the config with the settings injected → a consumer per task type's queue, housekeeping worker and beat → the
 API under uvicorn. A part that dies is named and restarted (a bounded number of times); stopping drains running
-tasks before anything else goes.
+tasks before anything else goes. While it runs, each model queue's consumer slots follow its deployments' replicas
+(more consumers as replicas grow, within a memory ceiling; fewer as they shrink).
 """
 
 import contextlib
@@ -42,6 +43,9 @@ SHUTDOWN_GRACE_S = 60
 API_KEEP_ALIVE_S = 75
 # Parts with children of their own (Ray's GCS, raylet, dashboard): signalled as a whole process group.
 PROCESS_GROUPS = ("ray-head",)
+# How often each model queue's consumer slots are compared with its deployments' replicas (Serve's target).
+SLOT_CHECK_S = 2.0
+MB = 1024 * 1024
 
 
 class StackError(RuntimeError):
@@ -66,6 +70,25 @@ def render_serve_config(settings: Settings, source: Path) -> dict[str, Any]:
     return config
 
 
+def slots_needed(deployments: list[tuple[int, int]], headroom: int) -> int:
+    """Consumer slots that keep every replica of a queue's deployments full: the sum of replicas x
+    max_ongoing_requests over the deployments its tasks call (a task holds its slot through every stage), plus
+    `headroom` (pure)."""
+    return sum(replicas * max_ongoing for replicas, max_ongoing in deployments) + headroom
+
+
+def consumer_step(slots: list[int], needed: int, removable: bool, spare_mb: float, consumer_mb: float) -> int:
+    """+1: start one more consumer; -1: stop the last one (`removable`: one that `up` added); 0: keep (pure).
+    `slots`: each running consumer's slots in start order. A consumer is added only if its memory (`consumer_mb`,
+    as much as the largest running one) fits in `spare_mb`; one is stopped once the others cover the need."""
+    total = sum(slots)
+    if total < needed:
+        return 1 if spare_mb >= consumer_mb else 0
+    if removable and total - slots[-1] >= needed:
+        return -1
+    return 0
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -78,6 +101,9 @@ class Stack:
         self._restarts: dict[str, Callable[[], object]] = {}
         self._deaths: dict[str, deque[float]] = {}
         self._stopping = threading.Event()  # set by stop(): the watcher ends
+        self._consumers: dict[str, tuple[str, int]] = {}  # model-queue consumer name -> (queue, slots), start order
+        self._added: dict[str, list[str]] = {}  # queue -> the consumers `up` added to it, oldest first
+        self._ceiling_logged: set[str] = set()
         self._lock = threading.RLock()
         self.log_dir = self.log_dir or self.settings.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +134,7 @@ class Stack:
             raise
         self._stopping.clear()
         threading.Thread(target=self._watch, daemon=True, name="stack-watch").start()
+        threading.Thread(target=self._follow_replicas, daemon=True, name="stack-consumer-slots").start()
         return self
 
     def stop(self) -> None:
@@ -124,6 +151,7 @@ class Stack:
         """Stop watching a part (a test is about to kill it for good); returns its process."""
         with self._lock:
             self._restarts.pop(name, None)
+            self._drop_consumer(name)
             return self.processes.pop(name)
 
     def _watch(self) -> None:
@@ -177,6 +205,7 @@ class Stack:
     def _terminate(self, name: str, timeout_s: float = SHUTDOWN_GRACE_S) -> None:
         process = self.processes.pop(name, None)
         self._restarts.pop(name, None)
+        self._drop_consumer(name)
         if process is None or process.poll() is not None:
             return
         # A consumer gets SIGTERM alone (Celery's warm shutdown finishes its running tasks); Ray's head as a group,
@@ -260,10 +289,73 @@ class Stack:
         """A consumer of `queue` (threads pool, one Ray driver); `env` overrides settings for it alone."""
         name = name or f"consumer-{queue}"
         self.echo(f"[celery] starting {name} on queue {queue!r} ({concurrency} tasks at once)")
+        if queue in _model_queues():
+            with self._lock:
+                self._consumers[name] = (queue, concurrency)
         return self._spawn(name, [
             _bin("celery"), "-A", "tasks.celery_app", "worker", "-P", "threads", "-Q", queue, "-c", str(concurrency),
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
         ], **env)
+
+    # -- consumer slots follow replicas --------------------------------------------------------------------
+
+    def _follow_replicas(self) -> None:
+        while not self._stopping.wait(SLOT_CHECK_S) and self.failure is None:
+            try:
+                self.size_consumers()
+            except Exception as exc:  # the dashboard busy or restarting: the next check tries again
+                self.echo(f"[celery] consumer sizing skipped: {exc}")
+
+    def size_consumers(self) -> None:
+        """One step per model queue towards slots >= replicas x max_ongoing_requests + headroom (Serve's target
+        replicas, so slots are there as the replicas start), within CONSUMER_MEMORY_CEILING_MB."""
+        deployments = _deployment_states(self.settings.ray_dashboard_url)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            for queue, stages in _model_queues().items():
+                known = [deployments[stage] for stage in stages if stage in deployments]
+                needed = slots_needed(known, self.settings.consumer_slot_headroom)
+                self._size_queue(queue, needed)
+
+    def _size_queue(self, queue: str, needed: int) -> None:
+        names = [name for name, (of, _) in self._consumers.items() if of == queue and name in self.processes]
+        if not names:  # none started for it (a stack serving some queues only)
+            return
+        memory = {name: _memory_mb(self.processes[name].pid) for name in self._consumers if name in self.processes}
+        slots = [self._consumers[name][1] for name in names]
+        added = self._added.setdefault(queue, [])
+        removable = bool(added) and added[-1] == names[-1]
+        spare_mb = self.settings.consumer_memory_ceiling_mb - sum(memory.values())
+        consumer_mb = max(memory[name] for name in names)
+        step = consumer_step(slots, needed, removable, spare_mb, consumer_mb)
+        if step > 0:
+            self._ceiling_logged.discard(queue)
+            name = f"consumer-{queue}+{len(added) + 1}"
+            self.echo(f"[celery] {queue}: {sum(slots)} slots for {needed} wanted by its replicas; adding {name}")
+            added.append(name)
+            self.start_worker(queue, self.settings.consumer_concurrency, name=name)
+        elif step < 0:
+            name = added.pop()
+            self.echo(f"[celery] {queue}: {sum(slots) - slots[-1]} slots cover the {needed} its replicas want; "
+                      f"stopping {name} (it finishes its running tasks)")
+            threading.Thread(target=self._terminate, args=(name,), daemon=True, name=f"stop-{name}").start()
+        elif sum(slots) < needed and queue not in self._ceiling_logged:
+            self._ceiling_logged.add(queue)
+            self.echo(f"[celery] {queue}: {sum(slots)} slots for {needed} wanted, but another consumer "
+                      f"(~{consumer_mb:.0f} MB) would pass CONSUMER_MEMORY_CEILING_MB="
+                      f"{self.settings.consumer_memory_ceiling_mb}")
+
+    def consumer_slots(self, queue: str) -> int:
+        """The slots of the queue's running consumers."""
+        with self._lock:
+            return sum(slots for name, (of, slots) in self._consumers.items() if of == queue and name in self.processes)
+
+    def _drop_consumer(self, name: str) -> None:
+        with self._lock:
+            queue, _ = self._consumers.pop(name, (None, 0))
+            if name in self._added.get(queue, []):
+                self._added[queue].remove(name)
 
     def start_api(self) -> None:
         """The API under uvicorn, outside Ray (docs/architecture.md, The API process)."""
@@ -286,6 +378,32 @@ class Stack:
     def _wait_for_api(self) -> None:
         _wait(lambda: httpx.get(f"{self.api_url}/api/v1/health/", timeout=5).status_code == 200, 120,
               f"API at {self.api_url} did not become healthy")
+
+
+def _model_queues() -> dict[str, list[tuple[str, str]]]:
+    """Each model queue and the (application, deployment) pairs its tasks call."""
+    queues: dict[str, list[tuple[str, str]]] = {}
+    for spec in TASK_SPECS.values():
+        queues.setdefault(str(spec.queue), []).extend((stage.app_name, stage.deployment_name) for stage in spec.stages)
+    return queues
+
+
+def _deployment_states(address: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(application, deployment) -> (Serve's target replicas, max_ongoing_requests), from the dashboard."""
+    applications = httpx.get(f"{address}/api/serve/applications/", timeout=10).json().get("applications", {})
+    return {(app_name, name): (details["target_num_replicas"], details["deployment_config"]["max_ongoing_requests"])
+            for app_name, application in applications.items()
+            for name, details in (application.get("deployments") or {}).items()}
+
+
+def _memory_mb(pid: int) -> float:
+    """Resident memory of a consumer process (0 once it has exited)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / MB
+    except psutil.Error:
+        return 0.0
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, failure: str, interval_s: float = 0.5) -> None:

@@ -1,6 +1,8 @@
 """The Celery app. Consumers are workers with the threads pool: many tasks in flight per process, one Ray driver
 (docs/architecture.md, Consumers)."""
 
+import math
+import os
 import time
 
 from celery import Celery
@@ -56,8 +58,9 @@ celery_app = create_celery()
 
 
 @worker_ready.connect
-def _hold_leases(sender, **_) -> None:
-    """Renew, from the supervisor thread, the lease of every message this consumer holds unacked."""
+def _watch_held_messages(sender, **_) -> None:
+    """From the supervisor thread: renew the lease of every message this consumer holds unacked, and report what it
+    holds for each deployment of its queues to the autoscaling policy (tasks/autoscaling.py)."""
     qos = sender.task_consumer.channel.qos
     if not hasattr(qos, "unacked_index_key"):  # not Redis: the broker hands back a dead consumer's messages
         return
@@ -72,6 +75,40 @@ def _hold_leases(sender, **_) -> None:
         redis_client().zadd(qos.unacked_index_key, dict.fromkeys(tags, now), xx=True)
 
     supervisor.hold_leases(held, renew, every_s=qos.visibility_timeout / 4)
+    served = [queue.name for queue in sender.task_consumer.queues]
+    if stages := _stages_by_queue(served):
+        supervisor.report_backlog(_backlog_reporter(qos, stages, f"{sender.hostname}:{os.getpid()}"))
+
+
+def _stages_by_queue(queues: list[str]) -> dict[str, list[str]]:
+    """The deployments (tasks/autoscaling.py's keys), in call order, that each model queue's tasks call."""
+    from tasks.autoscaling import deployment_key
+    from tasks.registry import TASK_SPECS
+
+    return {str(spec.queue): [deployment_key(stage.app_name, stage.deployment_name) for stage in spec.stages]
+            for spec in TASK_SPECS.values() if spec.queue in queues}
+
+
+def _backlog_reporter(qos, stages: dict[str, list[str]], consumer: str):
+    """`report(running tasks)`: one field of each queue's held-report hash, rewritten every supervisor round."""
+    from tasks.autoscaling import REPORT_TTL_S, encode_report, held_key, held_per_stage
+    from tasks.redis_client import redis_client
+
+    def report(running) -> None:
+        # An acked message stays in _delivered (tagged in _dirty) until the channel next polls the queue, which an
+        # idle consumer does not do: counting it would hold replicas up after the backlog is gone.
+        acked = set(qos._dirty)
+        delivered = [message for tag, message in qos._delivered.copy().items() if tag not in acked]
+        now = time.time()
+        with redis_client().pipeline(transaction=False) as pipe:
+            for queue, deployments in stages.items():
+                reserved = sum(message.delivery_info.get("routing_key") == queue for message in delivered)
+                called = [task.called_stage for task in running if task.queue == queue]
+                pipe.hset(held_key(queue), consumer, encode_report(held_per_stage(deployments, reserved, called), now))
+                pipe.expire(held_key(queue), math.ceil(REPORT_TTL_S) * 6)  # the whole hash, once every consumer is gone
+            pipe.execute()
+
+    return report
 
 
 @worker_shutdown.connect

@@ -39,8 +39,15 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ray_auth_mode: str = Field(default="disabled", description="Set identically for every Ray process.")
     consumer_concurrency: int = Field(
-        default=16, description="Tasks one consumer process runs at once (threads, one Ray driver): what a "
-                                "deployment's autoscaler can see of its queue's backlog.")
+        default=16, description="Tasks one consumer process runs at once (threads, one Ray driver); `up` adds "
+                                "consumers of this size as a queue's replicas grow.")
+    consumer_slot_headroom: int = Field(
+        default=0, ge=0, description="`up` keeps each model queue's consumer slots at least its deployments' "
+                                     "replicas x max_ongoing_requests plus this many (tasks that wait at the "
+                                     "handle for the next replica).")
+    consumer_memory_ceiling_mb: int = Field(
+        default=4096, ge=0, description="Memory that `up`'s model-queue consumers may use together: a consumer is "
+                                        "added only while their measured memory plus one more fits. 0: never add.")
     api_workers: int = Field(default=1, description="uvicorn worker processes of the API under `up`.")
     serve_config: Path = Field(default=PROJECT_ROOT / "config" / "serve.local.yaml", description="Used by `up`.")
 

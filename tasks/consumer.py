@@ -7,7 +7,9 @@ the supervisor does, every `poll_s`, for every running task at once:
 - the silence watchdog and the time limits, counted from the request's first event (a request still waiting for
   a replica is not running: it has a bound of its own and is retried, not failed);
 - leases: the timestamps of every message this process holds are renewed in kombu's `unacked_index`, so that only
-  a dead consumer's messages pass the visibility timeout and are restored to their queue.
+  a dead consumer's messages pass the visibility timeout and are restored to their queue;
+- the backlog report: what it holds for each deployment of its queues, for the autoscaling policy
+  (tasks/autoscaling.py).
 It never dies: a failing round is logged and the next one tries again.
 """
 
@@ -46,6 +48,8 @@ class RunningTask:
     """One task's Serve request as the supervisor sees it."""
 
     task_id: uuid.UUID
+    queue: str = ""  # its task type's queue
+    called_stage: int = -1  # index of the stage whose request it has made (the autoscaling report reads it)
     response: Any = None  # the current stage's streaming response; cancel() stops it
     generation: int | None = None  # the Ray connection (tasks/ray_client.py) the response belongs to
     call_started: float = field(default_factory=time.monotonic)
@@ -54,9 +58,9 @@ class RunningTask:
     stop: Stop | None = None
     abandoned: bool = False  # past the hard limit: its row is final, its thread may still be blocked
 
-    def begin_stage(self, response: Any, generation: int) -> None:
-        self.response, self.generation, self.call_started, self.last_event = (response, generation,
-                                                                              time.monotonic(), None)
+    def begin_stage(self, index: int, response: Any, generation: int) -> None:
+        self.called_stage, self.response, self.generation, self.call_started, self.last_event = (
+            index, response, generation, time.monotonic(), None)
         if self.stop is not None:  # cancelled between stages
             response.cancel()
 
@@ -111,10 +115,12 @@ class Supervisor:
         self._renew_lease: Callable[[list[str]], None] | None = None
         self._lease_every_s = 0.0
         self._last_lease = 0.0
+        self._report_backlog: Callable[[list[RunningTask]], None] | None = None
+        self._report_failing = False
 
     @contextmanager
-    def track(self, task_id: uuid.UUID) -> Iterator[RunningTask]:
-        task = RunningTask(task_id)
+    def track(self, task_id: uuid.UUID, queue: str = "") -> Iterator[RunningTask]:
+        task = RunningTask(task_id, queue)
         with self._lock:
             self._tasks[task_id] = task
         self._ensure_running()
@@ -128,6 +134,11 @@ class Supervisor:
                     every_s: float) -> None:
         """Renew, every `every_s`, the lease of each message `held_messages()` names."""
         self._held_messages, self._renew_lease, self._lease_every_s = held_messages, renew, every_s
+        self._ensure_running()
+
+    def report_backlog(self, report: Callable[[list[RunningTask]], None]) -> None:
+        """Call `report(running tasks)` every round: it publishes what this consumer holds (tasks/autoscaling.py)."""
+        self._report_backlog = report
         self._ensure_running()
 
     def connection_dropped(self, generation: int) -> None:
@@ -147,7 +158,7 @@ class Supervisor:
     def _run(self) -> None:
         while True:
             time.sleep(self.poll_s)
-            for step in (self._check_tasks, self._renew_leases):
+            for step in (self._check_tasks, self._renew_leases, self._report):
                 try:
                     step()
                 except Exception:  # a dropped connection, Redis away: the next round tries again
@@ -177,6 +188,21 @@ class Supervisor:
         log.error("task %s: still blocked past the hard time limit; marked failed", task.task_id)
         if progress.fail(task.task_id, "timed out", only_if=(TaskStatus.PROCESSING,)):
             notify_finished(task.task_id)
+
+    def _report(self) -> None:
+        """Every round; a failure (Redis away) is logged once until a report gets through again."""
+        if self._report_backlog is None:
+            return
+        with self._lock:
+            tasks = list(self._tasks.values())
+        try:
+            self._report_backlog(tasks)
+        except Exception as exc:
+            if not self._report_failing:
+                log.warning("backlog report failed (%s); retrying every round", exc)
+            self._report_failing = True
+            return
+        self._report_failing = False
 
     def _renew_leases(self) -> None:
         if self._renew_lease is None or time.monotonic() - self._last_lease < self._lease_every_s:

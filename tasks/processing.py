@@ -43,16 +43,17 @@ class _ClusterUnavailable(Exception):
     """The deployment could not be reached before any model work began: Ray or Serve is (re)starting."""
 
 
-def _stream_stage(running: RunningTask, stage: Stage, span: tuple[int, int], writer: progress.ProgressWriter,
-                  **call: Any) -> dict[str, Any]:
-    """Call one deployment, streaming its events into the row within `span`; return its result payload."""
+def _stream_stage(running: RunningTask, index: int, stage: Stage, span: tuple[int, int],
+                  writer: progress.ProgressWriter, **call: Any) -> dict[str, Any]:
+    """Call the task's `index`th deployment, streaming its events into the row within `span`; return its result
+    payload."""
     try:
         handle, generation = ray_client.get_handle(stage.app_name, stage.deployment_name)
     except Exception as exc:  # no cluster to connect to, or no such application (yet)
         raise _ClusterUnavailable(_error_message(exc)) from exc
     try:
         response = handle.process.remote(**call)
-        running.begin_stage(response, generation)
+        running.begin_stage(index, response, generation)
         if not ray_client.is_current(generation):  # dropped while this call was being made
             running.cancel(CLUSTER_GONE)
         low, high = span
@@ -100,8 +101,8 @@ def _run_stages(task: AITask, storage: Storage, running: RunningTask) -> tuple[d
     extra_images = {name: _read_input(storage, key) for name, key in (task.extra_inputs or {}).items()}
     prompt, parameters, metadata = task.prompt, dict(task.parameters), {}
     writer = progress.ProgressWriter(task.id)
-    for stage, span in zip(spec.stages, stage_spans(spec.stages), strict=True):
-        result = _stream_stage(running, stage, span, writer, image=image, parameters=parameters,
+    for index, (stage, span) in enumerate(zip(spec.stages, stage_spans(spec.stages), strict=True)):
+        result = _stream_stage(running, index, stage, span, writer, image=image, parameters=parameters,
                                prompt=prompt, extra_images=extra_images)
         prompt = result.get("prompt", prompt)
         parameters.update(result.get("parameters", {}))
@@ -169,7 +170,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     log.info("processing task %s (%s)", task_id, task.task_type)
     storage = get_storage()
     try:
-        with supervisor.track(task_uuid) as running:
+        with supervisor.track(task_uuid, TASK_SPECS[task.task_type].queue) as running:
             result, prompt_used = _run_stages(task, storage, running)
         # Under the name the first claim gave it: a run that dies or fails from here on leaves no file of its own
         # (the next run replaces it; a task ending otherwise has it deleted with its inputs, by expiry or DELETE).

@@ -201,3 +201,16 @@ class TcpProxy:
                     sock.close()
                 except OSError:
                     pass
+
+
+def autoscaling_context(config, current_replicas: int, serve_requests: float = 0, app_name: str = "app",
+                        deployment_name: str = "Model"):
+    """The AutoscalingContext the Serve controller gives a policy each tick, for a deployment of `config`."""
+    from ray.serve.config import AutoscalingContext
+
+    return AutoscalingContext(
+        deployment_id=None, deployment_name=deployment_name, app_name=app_name,
+        current_num_replicas=current_replicas, target_num_replicas=current_replicas, running_replicas=[],
+        total_num_requests=serve_requests, total_queued_requests=0, aggregated_metrics={}, raw_metrics={},
+        capacity_adjusted_min_replicas=config.min_replicas, capacity_adjusted_max_replicas=config.max_replicas,
+        policy_state={}, last_scale_up_time=None, last_scale_down_time=None, current_time=time.time(), config=config)

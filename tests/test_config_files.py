@@ -40,3 +40,29 @@ def test_cluster_yaml_validates_against_rays_cluster_schema():
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     jsonschema.validate(cluster, schema)
     assert "--port=6379" not in json.dumps(cluster["head_start_ray_commands"])
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.local.yaml"])
+def test_deployments_that_scale_follow_the_backlog_of_the_queue_that_calls_them(name):
+    """tasks/autoscaling.py's policy, on the queue of the task type whose stages call the deployment, with no delay
+    before scaling up; the Redis URL never in the file."""
+    from ray.serve.config import AutoscalingConfig
+
+    from tasks.autoscaling import BacklogPolicy
+
+    queue_of = {(stage.app_name, stage.deployment_name): spec.queue
+                for spec in TASK_SPECS.values() for stage in spec.stages}
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    scaling = 0
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            autoscaling = AutoscalingConfig(**deployment["autoscaling_config"])
+            if autoscaling.max_replicas == autoscaling.min_replicas:
+                continue
+            scaling += 1
+            assert autoscaling.policy.policy_function == "tasks.autoscaling:BacklogPolicy"
+            policy = autoscaling.policy.get_policy()(**autoscaling.policy.policy_kwargs)
+            assert isinstance(policy, BacklogPolicy) and policy.queue == queue_of[(app["name"], deployment["name"])]
+            assert autoscaling.upscale_delay_s == 0
+            assert "redis://" not in json.dumps(autoscaling.policy.policy_kwargs)
+    assert scaling

@@ -96,7 +96,8 @@ def test_tasks_queued_when_the_stack_stops_run_after_it_starts_again(tmp_path, a
     """Stopped right after 20 tasks were created, most still queued (one at a time, each a few seconds: the drain
     finishes only the running one); started again on the same data folder (the embedded Redis keeps its queue in
     an append-only file): every task ends SUCCESS."""
-    env = {**_env(tmp_path, settings), "CONSUMER_CONCURRENCY": "1"}
+    # One consumer slot, and no room for `up` to add consumers as the replicas grow.
+    env = {**_env(tmp_path, settings), "CONSUMER_CONCURRENCY": "1", "CONSUMER_MEMORY_CEILING_MB": "0"}
     picture = io.BytesIO()
     astronaut.resize((2048, 2048)).save(picture, format="PNG")
     up = _Up(env)
