@@ -22,8 +22,8 @@ A deployment's backlog is
   + held, heading its way                 tasks a consumer holds that have not called it yet: prefetched, waiting
                                           for a thread, or at an earlier stage (generation counts the tasks still
                                           at prompt refinement), and retries waiting for their countdown
-  + requests in flight at it              the larger of the consumers' own count (current) and Serve's
-                                          (averaged over look_back_period_s; it also counts any other caller)
+  + requests in flight at it              the consumers' own count, current to the last report; Serve's
+                                          count (averaged over look_back_period_s) only while Redis cannot be read
 and the policy asks for backlog / target_ongoing_requests replicas, within min_replicas..max_replicas; Serve then
 applies upscale_delay_s / downscale_delay_s. A consumer holds only CONSUMER_CONCURRENCY tasks, so counting the queue
 is what lets replicas grow past consumers x concurrency / target_ongoing_requests.
@@ -133,10 +133,14 @@ def summed_reports(reports: Mapping[bytes | str, bytes | str], deployment: str, 
     return total, stale
 
 
-def backlog(queued: int, held: Held, serve_requests: float) -> float:
-    """Work queued and held for a deployment, plus its requests in flight: the consumers' current count or Serve's
-    averaged one (which also sees other callers), whichever is larger (pure)."""
-    return queued + held.heading + max(held.in_flight, serve_requests)
+def backlog(queued: int, held: Held) -> int:
+    """Work queued and held for a deployment, plus its requests in flight as the consumers count them (pure).
+
+    Not Serve's count: the consumers are the deployments' only callers (no HTTP proxy), and Serve's figure is an
+    average over look_back_period_s, so it lags: after a backlog ended it still held generation's in-flight count
+    up long enough to raise its target from 1 to 2 and launch a GPU node for nothing (docs/scaling.md).
+    """
+    return queued + held.heading + held.in_flight
 
 
 def desired_replicas(work: float, target_ongoing_requests: float, lower: int, upper: int) -> float:
@@ -186,9 +190,9 @@ class BacklogPolicy:
         if reading is None:  # no Redis (yet): Serve's own requests, as its default policy
             work, state = serve_requests, {"backlog": None}
         else:
-            work = backlog(reading.queued, reading.held, serve_requests)
+            work = backlog(reading.queued, reading.held)
             state = {"backlog": work, "queued": reading.queued, "heading": reading.held.heading,
-                     "in_flight": max(reading.held.in_flight, serve_requests)}
+                     "in_flight": reading.held.in_flight}
         replicas = desired_replicas(work, ctx.config.get_target_ongoing_requests(),
                                     ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas)
         if math.ceil(replicas) != self._logged_replicas:

@@ -54,10 +54,9 @@ def test_reports_are_summed_over_consumers_and_stale_or_unreadable_ones_are_drop
     assert summed_reports(reports, "absent/Deployment", now)[0] == Held()
 
 
-def test_the_backlog_is_queued_plus_heading_plus_the_larger_in_flight_count():
-    assert backlog(queued=100, held=Held(heading=12, in_flight=4), serve_requests=2.5) == 116
-    # Serve's count is larger (another caller, or the consumers' report lags): it is taken, not added.
-    assert backlog(queued=0, held=Held(heading=0, in_flight=4), serve_requests=9) == 9
+def test_the_backlog_is_queued_plus_heading_plus_in_flight():
+    assert backlog(queued=100, held=Held(heading=12, in_flight=4)) == 116
+    assert backlog(queued=0, held=Held(heading=0, in_flight=0)) == 0
 
 
 def test_replicas_wanted_are_the_backlog_over_the_target_within_the_bounds():
@@ -70,7 +69,7 @@ def test_a_backlog_past_the_old_consumer_bound_asks_for_more_replicas():
     # One consumer of 16 threads at target 4 could show Serve at most 16 requests: 4 replicas. The queue behind it
     # is counted too.
     consumer_bound = 16 / 4
-    work = backlog(queued=84, held=Held(heading=0, in_flight=16), serve_requests=16)
+    work = backlog(queued=84, held=Held(heading=0, in_flight=16))
     assert desired_replicas(work, 4, lower=0, upper=32) == 25 > consumer_bound
 
 
