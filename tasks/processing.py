@@ -177,7 +177,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         done = progress.succeed(task_uuid, task.result_image, {"prompt_used": prompt_used,
                                                                "metadata": result["metadata"]},
                                 processing_time=time.monotonic() - (running.running_since or time.monotonic()))
-        if done:
+        if done and task.webhook_url:  # the claimed row has it: no SELECT for the many tasks without one
             notify_finished(task_uuid)
         return {"status": "success" if done else "skipped", "task_id": task_id}
     except _ClusterUnavailable as exc:
