@@ -17,7 +17,7 @@ from tasks import progress, ray_client
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.consumer import CLUSTER_GONE, RunningTask, Stop, supervisor
-from tasks.models import AITask, utcnow
+from tasks.models import utcnow
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
 from tasks.webhooks import notify_finished
@@ -94,7 +94,7 @@ def stage_spans(stages: tuple[Stage, ...]) -> list[tuple[int, int]]:
             for before, after in itertools.pairwise(done)]
 
 
-def _run_stages(task: AITask, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
+def _run_stages(task: progress.Claimed, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
     """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
     spec = TASK_SPECS[task.task_type]
     image = _read_input(storage, task.input_image) if task.input_image else None
@@ -179,7 +179,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         done = progress.succeed(task_uuid, task.result_image, {"prompt_used": prompt_used,
                                                                "metadata": result["metadata"]},
                                 processing_time=time.monotonic() - (running.running_since or time.monotonic()))
-        if done:
+        if done and task.webhook_url:  # the claimed row has it: no SELECT for the many tasks without one
             notify_finished(task_uuid)
         return {"status": "success" if done else "skipped", "task_id": task_id}
     except _ClusterUnavailable as exc:
@@ -198,7 +198,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         return _retry_or_fail(celery_task, task, exc)
 
 
-def _wait_for_cluster(celery_task, task: AITask, exc: _ClusterUnavailable) -> dict[str, str]:
+def _wait_for_cluster(celery_task, task: progress.Claimed, exc: _ClusterUnavailable) -> dict[str, str]:
     """Back to the queue without spending a retry, for as long as a replica may take to appear; after that, an
     ordinary failure."""
     waited_s = (utcnow() - task.started_at).total_seconds()
@@ -211,7 +211,7 @@ def _wait_for_cluster(celery_task, task: AITask, exc: _ClusterUnavailable) -> di
     raise Reject(str(exc), requeue=True)
 
 
-def _retry_or_fail(celery_task, task: AITask, exc: Exception) -> dict[str, str]:
+def _retry_or_fail(celery_task, task: progress.Claimed, exc: Exception) -> dict[str, str]:
     task_id = str(task.id)
     cause = getattr(exc, "cause", None) or exc
     error = str(exc) if isinstance(exc, _Stopped) else f"{type(cause).__name__}: {_error_message(exc)}"

@@ -11,13 +11,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis
 import sqlalchemy as sa
 
 from tasks.config import get_settings
-from tasks.db import session_scope
+from tasks.db import get_engine
 from tasks.models import AITask, TaskStatus, utcnow
 from tasks.redis_client import redis_client
 from tasks.storage import new_key
@@ -67,18 +68,32 @@ MESSAGE_LENGTH = AITask.__table__.c.message.type.length
 WAITING_MESSAGE = "Waiting for a replica"
 
 
+TASKS = AITask.__table__
+Claimed = sa.Row  # the claimed task's row: its columns as attributes
+
+
+@lru_cache(maxsize=64)
+def _update_statement(only_if: tuple[TaskStatus, ...], columns: tuple[str, ...]) -> sa.Update:
+    """One UPDATE per (guard, columns set), built once: its values are bound parameters, so every later write reuses
+    the compiled statement (no ORM flush, no per-call cache key over the values)."""
+    return (sa.update(TASKS).where(TASKS.c.id == sa.bindparam("task_key"), TASKS.c.status.in_(only_if))
+            .values({column: sa.bindparam(f"new_{column}", type_=TASKS.c[column].type) for column in columns}))
+
+
 def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) -> bool:
     values["updated_at"] = utcnow()
     if values.get("message"):
         values["message"] = values["message"][:MESSAGE_LENGTH]
-    statement = sa.update(AITask).where(AITask.id == task_id, AITask.status.in_(only_if)).values(**values)
+    statement = _update_statement(only_if, tuple(values))
+    parameters = {"task_key": task_id, **{f"new_{column}": value for column, value in values.items()}}
 
     def write(retried: bool) -> bool:
-        with session_scope() as session:
-            changed = session.exec(statement).rowcount == 1  # type: ignore[call-overload]
-            session.commit()
-            if not changed and retried and "status" in values:  # did the lost attempt commit it?
-                return session.get(AITask, task_id).status == values["status"]
+        with get_engine().begin() as connection:
+            changed = connection.execute(statement, parameters).rowcount == 1
+        if not changed and retried and "status" in values:  # did the lost attempt commit it?
+            with get_engine().connect() as connection:
+                return connection.execute(sa.select(TASKS.c.status).where(TASKS.c.id == task_id)).scalar() \
+                    == values["status"]
         return changed
 
     changed = _with_retries(write)
@@ -87,8 +102,32 @@ def _update(task_id: uuid.UUID, only_if: tuple[TaskStatus, ...], **values: Any) 
     return changed
 
 
-def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) -> AITask | None:
-    """Mark the task PROCESSING for this delivery; None when it must not run (finished, cancelled, taken).
+def _claim_statement() -> sa.Update:
+    """The claim as one UPDATE … RETURNING with bound parameters, built once (see `claim`)."""
+    runnable = TASKS.c.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
+    claimed_by = sa.bindparam("claimed_by", type_=TASKS.c.celery_task_id.type)
+    claimer = sa.bindparam("claimer", type_=TASKS.c.worker.type)
+    now = sa.bindparam("now", type_=TASKS.c.updated_at.type)
+    redelivered = sa.and_(TASKS.c.status == TaskStatus.PROCESSING, TASKS.c.celery_task_id == claimed_by)
+    lost = sa.and_(redelivered, TASKS.c.worker.is_distinct_from(claimer))
+    return (
+        sa.update(TASKS)
+        .where(TASKS.c.id == sa.bindparam("task_key"), sa.or_(runnable, redelivered))
+        .values(status=TaskStatus.PROCESSING, celery_task_id=claimed_by, progress=5, message=WAITING_MESSAGE,
+                worker=claimer, worker_losses=TASKS.c.worker_losses + sa.case((lost, 1), else_=0),
+                started_at=sa.func.coalesce(TASKS.c.started_at, now), updated_at=now,
+                result_image=sa.func.coalesce(TASKS.c.result_image,
+                                              sa.bindparam("result_key", type_=TASKS.c.result_image.type)))
+        .returning(*TASKS.c)
+    )
+
+
+CLAIM = _claim_statement()
+
+
+def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) -> Claimed | None:
+    """Mark the task PROCESSING for this delivery and return its row; None when it must not run (finished,
+    cancelled, taken).
 
     A delivery of the message that is already PROCESSING by another consumer means that consumer died mid-task
     (its lease ran out and the message came back): that is counted in `worker_losses`, for the caller to end a
@@ -98,24 +137,12 @@ def claim(task_id: uuid.UUID, celery_task_id: str, worker: str | None = None) ->
     The first claim also names the result file (`result_image`), and every later run writes under that same name:
     a run that dies after storing its result leaves no file that no row refers to.
     """
-    now = utcnow()
-    runnable = AITask.status.in_((TaskStatus.PENDING, TaskStatus.RETRY))
-    redelivered = sa.and_(AITask.status == TaskStatus.PROCESSING, AITask.celery_task_id == celery_task_id)
-    lost = sa.and_(redelivered, AITask.worker.is_distinct_from(worker))
-    statement = (
-        sa.update(AITask)
-        .where(AITask.id == task_id, sa.or_(runnable, redelivered))
-        .values(status=TaskStatus.PROCESSING, celery_task_id=celery_task_id, progress=5, message=WAITING_MESSAGE,
-                worker=worker, worker_losses=AITask.worker_losses + sa.case((lost, 1), else_=0),
-                started_at=sa.func.coalesce(AITask.started_at, now), updated_at=now,
-                result_image=sa.func.coalesce(AITask.result_image, new_key("output")))
-    )
+    parameters = {"task_key": task_id, "claimed_by": celery_task_id, "claimer": worker, "now": utcnow(),
+                  "result_key": new_key("output")}
 
-    def write(_retried: bool) -> AITask | None:
-        with session_scope() as session:  # one round trip: the claimed row comes back with the UPDATE
-            task = session.scalars(statement.returning(AITask)).one_or_none()
-            session.commit()
-            return task
+    def write(_retried: bool) -> Claimed | None:
+        with get_engine().begin() as connection:  # one round trip: the claimed row comes back with the UPDATE
+            return connection.execute(CLAIM, parameters).one_or_none()
 
     task = _with_retries(write)
     if task is not None:

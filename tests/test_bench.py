@@ -1,9 +1,10 @@
 """The benchmark's own logic, without a stack: process roles, profile parsing, the target figures and the page it
 writes (scripts/bench)."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
-from scripts.bench import target
+from scripts.bench import compare, target
 from scripts.bench.processes import (
     BENCHMARK,
     POSTGRES,
@@ -121,3 +122,54 @@ def test_the_target_figures_are_judged_against_their_targets_with_the_old_design
     assert "**18.5**" in rows[target.LATENCY_MS.name] and "**met**" in rows[target.LATENCY_MS.name]
     assert "57.0–62.5" in rows[target.DRAIN_PER_S.name] and "| 26.6 |" in rows[target.DRAIN_PER_S.name]
     assert "Lost 0, failed 0" in section and "target drain (b)" in section and "(claimed) 4.0 / 4.0 ms" in section
+
+
+def _figures(design: str, creates: float, drain: float, latency_ms: float, cpu_ms: float = 9.0) -> compare.Figures:
+    return compare.Figures(design, creates, drain, latency_ms, 0, 0, {"API (uvicorn)": cpu_ms}, ("0.1", "0.2"))
+
+
+def test_the_ratios_put_this_project_over_the_seed_design_and_judge_each_against_its_target():
+    peer, project = _figures("seed", 100.0, 60.0, 20.0), _figures("backendai", 160.0, 84.0, 20.0)
+    found = compare.ratios(project, peer)
+    assert found == {"creates": 1.6, "drain": 1.4, "latency": 1.0}
+    assert compare.verdicts(found, project) == {"creates": True, "drain": False, "latency": True,
+                                                "nothing lost": True, "cpu per task": True}
+    heavy = _figures("backendai", 160.0, 84.0, 20.0, cpu_ms=10.5)
+    assert not compare.verdicts(found, heavy)["cpu per task"]
+    assert "ratio drain: 1.40x (target ≥ 1.5x): missed" in compare.lines(project, peer)
+
+
+def test_figures_of_a_run_count_lost_and_failed_tasks_of_every_phase():
+    outcomes = [Outcome(508, {"SUCCESS": 508}), Outcome(1000, {"SUCCESS": 998, "PENDING": 1}),
+                Outcome(200, {"SUCCESS": 199, "FAILURE": 1})]
+    figures = compare.Figures.of("backendai", 150.0, 10.0, 0.016, outcomes, {"a": 0.001, "b": 0.004}, ("1", "2"))
+    assert (figures.drain_per_s, figures.latency_p50_ms, figures.lost, figures.failed) == (100.0, 16.0, 2, 1)
+    assert list(figures.cpu_ms_per_task) == ["b", "a"] and figures.cpu_total_ms == 5.0
+
+
+def test_without_the_peer_folder_the_project_is_measured_alone_and_said_so(tmp_path):
+    assert compare.peer_folder(None) == (None, None)
+    folder, note = compare.peer_folder(str(tmp_path / "absent"))
+    assert folder is None and "absent" in note and "alone" in note
+    folder, note = compare.peer_folder(str(tmp_path))
+    assert folder is None and "manage.py" in note
+    project = _figures("backendai", 150.0, 90.0, 15.0)
+    summary = compare.summary(project, None, note, "2026-12-04")
+    assert summary["peer"] is None and summary["ratios"] is None and summary["project"]["creates_per_s"] == 150.0
+    assert not any(line.startswith("ratio") for line in compare.lines(project, None))
+
+
+def test_the_peers_python_is_the_one_given_else_its_own_venv_else_one_made_outside_its_folder(tmp_path):
+    peer, cache = tmp_path / "seed-django", tmp_path / "cache"
+    peer.mkdir()
+    for name in compare.PEER_MARKERS:
+        (peer / name).write_text("Django==5.1.4\n")
+    assert compare.peer_folder(str(peer)) == (peer, None)
+    assert compare.peer_python(peer, "/opt/py", cache) == (Path("/opt/py"), False)
+    made, missing = compare.peer_python(peer, None, cache)
+    assert missing and made.is_relative_to(cache) and made.name == "python"
+    (peer / compare.PEER_OWN_VENV / "bin").mkdir(parents=True)
+    (peer / compare.PEER_OWN_VENV / "bin" / "python").touch()
+    assert compare.peer_python(peer, None, cache) == (peer / compare.PEER_OWN_VENV / "bin" / "python", False)
+    (peer / compare.PEER_REQUIREMENTS).write_text("Django==5.2\n")
+    assert compare.peer_venv(peer, cache) != made.parent.parent  # another requirements file, another venv

@@ -67,13 +67,13 @@ def _server(url: str) -> sa.Engine:
     return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
-def _throwaway_database(server_url: str, name: str) -> str:
+def throwaway_database(server_url: str, name: str) -> str:
     with _server(server_url).connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     return str(sa.make_url(server_url).set(database=name))
 
 
-def _lock_a_redis_db(server_url: str, holder: str) -> str:
+def lock_a_redis_db(server_url: str, holder: str) -> str:
     """The first numbered db (1-15; never 0, the default of everyone's `backendai up`) that nobody holds and that is
     empty, locked for this run: a non-empty db without the lock may still be someone's, so it is left alone."""
     server = server_url.rsplit("/", 1)[0]
@@ -95,13 +95,13 @@ def isolate() -> Isolation:
     data_dir = Path(tempfile.gettempdir()) / isolation.name  # made when the stack starts
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if database_url and sa.make_url(database_url).get_backend_name() == "postgresql":
-        os.environ["DATABASE_URL"] = _throwaway_database(database_url, isolation.name)
+        os.environ["DATABASE_URL"] = throwaway_database(database_url, isolation.name)
         isolation.server_database_url = database_url
     else:
         os.environ["DATABASE_URL"] = ""  # empty, not unset: a developer's .env must not point elsewhere
     if redis_url:
         try:
-            isolation.redis_url = os.environ["REDIS_URL"] = _lock_a_redis_db(redis_url, isolation.name)
+            isolation.redis_url = os.environ["REDIS_URL"] = lock_a_redis_db(redis_url, isolation.name)
         except BaseException:
             isolation.release()
             raise

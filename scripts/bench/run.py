@@ -3,6 +3,7 @@ which isolates the environment first."""
 
 import argparse
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -20,9 +21,10 @@ import sqlalchemy as sa
 import yaml
 
 import scripts.bench
-from scripts.bench import bare, environment, target
+from scripts.bench import bare, compare, environment, target
 from scripts.bench.clients import ApiClients, BenchError, Finished, in_parallel
 from scripts.bench.jobs import NEAR_ZERO_DESCRIPTION, SERVICE_SIZE, Job, near_zero_job, service_jobs
+from scripts.bench.peer import PEER_JOB, PeerRows, PeerStack, make_venv
 from scripts.bench.processes import REPLICA_TITLE, STACK_PARTS, CpuMeter, PeakRss, StackProcesses
 from scripts.bench.profiling import Recording, ThreadCpu, below, own_by_package, py_spy, top_frames, top_own
 from scripts.bench.report import (
@@ -70,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain", type=int, default=1000, help="tasks queued before the paused consumer resumes")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per service and path (after a warm-up)")
     parser.add_argument("--profile-tasks", type=int, default=500, help="tasks of the drain run under py-spy")
+    parser.add_argument("--vs-peer", metavar="PATH",
+                        help="measure the seed's Django + Celery design (its runnable copy at PATH) and this project "
+                             "back to back by the target method, print both and the ratios (a JSON last line); "
+                             "with PATH absent, this project alone")
+    parser.add_argument("--peer-python", metavar="PYTHON",
+                        help="the Python of the peer's venv (default: PATH/.venv, else one made under "
+                             f"{compare.PEER_VENVS} from PATH/requirements.txt)")
     parser.add_argument("--output", help=f"page to write the results into (default: {os.path.relpath(PAGE)} when "
                                          "every phase runs, else -); - prints them instead")
     args = parser.parse_args(argv)
@@ -178,11 +187,12 @@ class Connections:
         return ((postgres_sessions() or 0) - self._before) / tasks
 
 
-def wait_finished(task_ids: list[str], stall_s: float = 60) -> Outcome:
-    """Until every task is SUCCESS or FAILURE, or none finished for `stall_s` (then some are lost or stuck)."""
+def wait_finished(task_ids: list[str], stall_s: float = 60, count=outcome) -> Outcome:
+    """Until every task is SUCCESS or FAILURE, or none finished for `stall_s` (then some are lost or stuck); `count`
+    reads the rows (the project's by default)."""
     finished, changed = -1, time.monotonic()
     while True:
-        found = outcome(task_ids)
+        found = count(task_ids)
         done = found.counts.get("SUCCESS", 0) + found.failed
         if done == len(task_ids) or time.monotonic() - changed > stall_s:
             return found
@@ -389,6 +399,34 @@ class Bench:
         return scenario, profiles
 
 
+def target_method(design: str, base_url: str, job: Job, rows, meter: CpuMeter,
+                  latency_tasks: int) -> compare.Figures:
+    """The target method's (a), (b) and (c) against one design's API, whose tasks table `rows` reads (outcome,
+    last_completion, row_times); CPU per task in (b) by `meter`."""
+    load_before = environment.load_average()
+    api = ApiClients(base_url)
+    try:
+        warm, _ = in_parallel(target.CLIENTS, target.CLIENTS, lambda: api.create(job))  # opens the connections
+        created, wall = in_parallel(target.CLIENTS, target.CREATES, lambda: api.create(job))
+        creates = wait_finished(warm + created, count=rows.outcome)
+        log(f"{design}: (a) {target.CREATES / wall:.1f} creates/s: {creates}")
+        meter.start()
+        started = time.time()
+        drained, _ = in_parallel(target.CLIENTS, target.DRAIN, lambda: api.create(job))
+        drain = wait_finished(drained, count=rows.outcome)
+        cpu = per_unit(meter.stop(), target.DRAIN)
+        drain_s = (rows.last_completion(drained) if drain.counts.get("SUCCESS") else time.time()) - started
+        log(f"{design}: (b) {target.DRAIN / drain_s:.1f} tasks/s: {drain}")
+        finished = [api.poll_until_finished(job, target.POLL_S) for _ in range(latency_tasks)]
+    finally:
+        api.close()
+    polled = [task.status.get("task_id") or task.status["id"] for task in finished]  # the seed answers `id`
+    latency = Summary.of([completed - created for created, _, completed in rows.row_times(polled)])
+    log(f"{design}: (c) created → completed p50 {latency.p50 * 1000:.1f} ms")
+    return compare.Figures.of(design, target.CREATES / wall, drain_s, latency.p50,
+                              [creates, drain, rows.outcome(polled)], cpu, (load_before, environment.load_average()))
+
+
 def plain_models(runs: dict[str, ServiceRun], jobs: list[Job], settings: Settings, repeats: int) -> None:
     serve_config = yaml.safe_load(settings.serve_config.read_text())
     for job in jobs:
@@ -489,8 +527,68 @@ def run(args: argparse.Namespace, isolation: environment.Isolation) -> Results:
     return results
 
 
+class ProjectRows:
+    """This project's tasks table, as `target_method` reads it."""
+
+    outcome = staticmethod(outcome)
+    last_completion = staticmethod(last_completion)
+    row_times = staticmethod(row_times)
+
+
+def measure_peer(folder: Path, args: argparse.Namespace, isolation: environment.Isolation) -> compare.Figures:
+    """The seed design's figures: its API and worker started, measured, stopped."""
+    python, missing = compare.peer_python(folder, args.peer_python, compare.PEER_VENVS)
+    if missing:
+        log(f"making the peer's venv at {python.parent.parent} from {folder / compare.PEER_REQUIREMENTS}")
+        make_venv(python, folder / compare.PEER_REQUIREMENTS)
+    if not (isolation.server_database_url and isolation.redis_url):
+        raise BenchError("the seed design runs on Postgres and Redis: set DATABASE_URL and REDIS_URL")
+    peer = PeerStack(folder, python, isolation.server_database_url, isolation.redis_url,
+                     get_settings().data_dir.with_name(f"{get_settings().data_dir.name}-peer"))
+    log(f"the seed design: {folder} with {python}, API on {peer.base_url}")
+    try:
+        peer.start()
+        meter = CpuMeter(StackProcesses(peer.roots, peer.name, isolation.redis_port))
+        rows = PeerRows(peer.database_url)
+        ApiClients(peer.base_url).create(PEER_JOB)  # warm-up: its first request imports and connects
+        return target_method("seed Django + Celery design", peer.base_url, PEER_JOB, rows, meter,
+                             args.latency_tasks)
+    finally:
+        peer.stop()
+        shutil.rmtree(peer.data_dir, ignore_errors=True)
+
+
+def measure_project(args: argparse.Namespace, isolation: environment.Isolation) -> compare.Figures:
+    settings = get_settings()
+    stack = Stack(settings, echo=log)
+    stack.start()
+    bench = Bench(stack, bare.Handles(), near_zero_job(), isolation)
+    try:
+        bench.warm_up()
+        return target_method("backendai", stack.api_url, bench.job, ProjectRows, bench.meter, args.latency_tasks)
+    finally:
+        bench.close()
+        stack.stop()
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+
+def versus_peer(args: argparse.Namespace, isolation: environment.Isolation) -> int:
+    """The seed design, then this project, by the same clients; both figures, the ratios, a JSON last line."""
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    folder, note = compare.peer_folder(args.vs_peer)
+    if note:
+        log(note)
+    peer = measure_peer(folder, args, isolation) if folder else None
+    project = measure_project(args, isolation)
+    print("\n".join([f"{date}; {environment.machine()}", *compare.lines(project, peer)]))
+    print(json.dumps(compare.summary(project, peer, note, date)))
+    return 0
+
+
 def main(isolation: environment.Isolation) -> int:
     args = parse_args()
+    if args.vs_peer is not None:
+        return versus_peer(args, isolation)
     started = time.perf_counter()
     results = run(args, isolation)
     section = render(results)
