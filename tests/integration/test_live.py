@@ -104,7 +104,10 @@ def test_webhook_is_signed_retried_and_recorded(client, receiver, astronaut_png)
         assert payload["result"]["image_url"].endswith(".png")
     forged = _Receiver.deliveries[0][1].replace(b"SUCCESS", b"FAILURE")
     assert not _verify(_Receiver.deliveries[0][0], forged)
-    attempts = get_task(uuid.UUID(task_id)).webhook_deliveries
+    # The receiver sees a delivery before its sender records the attempt: wait for the second record.
+    deadline = time.monotonic() + 30
+    while len(attempts := get_task(uuid.UUID(task_id)).webhook_deliveries) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 500), (2, 204)]
 
 

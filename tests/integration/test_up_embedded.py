@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -104,9 +105,15 @@ def test_tasks_queued_when_the_stack_stops_run_after_it_starts_again(tmp_path, a
     try:
         up.wait_until_up()
         form = {"task_type": "background_removal", "prompt": "queued"}
-        task_ids = [httpx.post(f"{up.api}/api/v1/tasks/create/", data=form, timeout=30,
-                               files={"image": ("in.png", picture.getvalue())}).json()["task_id"]
-                    for _ in range(20)]
+
+        def create(_: int) -> str:
+            return httpx.post(f"{up.api}/api/v1/tasks/create/", data=form, timeout=60,
+                              files={"image": ("in.png", picture.getvalue())}).json()["task_id"]
+
+        # All at once, so that the one slot cannot keep up with the creates on a busy box (one after another, all
+        # 20 once finished before the stop).
+        with ThreadPoolExecutor(8) as creators:
+            task_ids = list(creators.map(create, range(20)))
     finally:
         assert up.stop() == 0, up.said
     with sqlite3.connect(Path(env["DATA_DIR"]) / "backendai.db") as db:
