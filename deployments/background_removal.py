@@ -60,14 +60,19 @@ class BackgroundRemover:
         self._loading = threading.Lock()
         self.use(model)
 
-    def use(self, model: str) -> None:
+    def use(self, model: str, version_label: str = "") -> None:
         """Make `model` the default for requests that name none. It is loaded first, so missing weights fail here
-        and the first request does not wait; requests already running keep the model they started with."""
-        if not self.installed(model):
+        and the first request does not wait (a model already loaded is kept as is); requests already running keep
+        the model they started with."""
+        if model not in self._sessions and not self.installed(model):
             raise missing_files(self.models_dir, [self._weights(model)],
                                 "run `backendai models fetch` (u2netp), or copy the model there")
         self._session(model)
-        self.model = model
+        self.default = (model, version_label)  # one assignment: no request sees one's model with the other's label
+
+    @property
+    def model(self) -> str:
+        return self.default[0]
 
     def _weights(self, model: str) -> Path:
         return self.model_home / f"{model}.onnx"
@@ -93,7 +98,8 @@ class BackgroundRemover:
         from rembg import remove
 
         started = time.perf_counter()
-        model = parameters.get("model") or self.model  # fixed now: a reconfigure leaves running requests be
+        default_model, version_label = self.default  # fixed now: a reconfigure leaves running requests be
+        model = parameters.get("model") or default_model
         yield progress_event(10, "Decoding image")
         image = open_image(image_bytes).convert("RGB")
         if not self.installed(model):
@@ -115,7 +121,7 @@ class BackgroundRemover:
             "bgcolor": None if return_mask else bgcolor,
             "size": list(image.size),
             "inference_time": round(time.perf_counter() - started, 4),
-        })
+        }, version_label)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -125,12 +131,12 @@ class BackgroundRemoval:
         self.remover = BackgroundRemover(os.environ["MODELS_DIR"], model)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """`user_config: {model: <name>}`: Serve calls this after __init__ and again, on the same replica, when a
-        redeploy changes only the user_config, so an operator switches the default model without new replicas.
-        Without `model` the default goes back to the one the replica started with."""
-        model = user_config_choice(config, "model", self.initial_model, "BackgroundRemoval")
-        if model != self.remover.model:
-            self.remover.use(model)
+        """`user_config: {model: <name>, version: <label>}`: Serve calls this after __init__ and again, on the
+        same replica, when a redeploy changes only the user_config, so an operator switches the default model without
+        new replicas.
+        Without `model` the default goes back to the one the replica started with; `version` goes into each
+        result's `model_version` (a rollout an operator can trace)."""
+        self.remover.use(*user_config_choice(config, "model", self.initial_model, "BackgroundRemoval"))
 
     async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                       extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:

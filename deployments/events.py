@@ -32,9 +32,19 @@ def progress_event(progress: int, message: str) -> dict[str, Any]:
     return {"progress": max(0, min(100, int(progress))), "message": message}
 
 
-def result_event(image: Image.Image, metadata: dict[str, Any]) -> dict[str, Any]:
+def model_version(model: str, label: str = "") -> str:
+    """What served a result, as its metadata's `model_version` records it: the model's name (its weights) and,
+    where the operator set one in the deployment's user_config, its `version` label (`u2netp@2026-12-04`): the
+    label tells apart rollouts that keep the model's name, so each result says which rollout served it."""
+    return f"{model}@{label}" if label else model
+
+
+def result_event(image: Image.Image, metadata: dict[str, Any], version_label: str = "") -> dict[str, Any]:
+    """The final event; `metadata` must name its `model`, from which (and the deployment's `version_label`, read
+    when the request started) every result records its `model_version`."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    metadata = {**metadata, "model_version": model_version(metadata["model"], version_label)}
     return {"result": {"image": buffer.getvalue(), "metadata": metadata}}
 
 
@@ -49,12 +59,14 @@ def open_image(data: bytes | None) -> Image.Image:
     return image
 
 
-def user_config_choice(config: dict[str, Any], key: str, default: str, deployment: str) -> str:
-    """The one setting a deployment's user_config holds (a model name); any other key is an operator's typo."""
-    unknown = set(config) - {key}
+def user_config_choice(config: dict[str, Any], key: str, default: str, deployment: str) -> tuple[str, str]:
+    """The settings a deployment's user_config holds: a model name (`key`) and an optional `version` label for
+    `model_version`; any other key is an operator's typo."""
+    unknown = set(config) - {key, "version"}
     if unknown:
-        raise ValueError(f"{deployment}'s user_config takes only `{key}`, not {', '.join(sorted(unknown))}")
-    return config.get(key, default)
+        raise ValueError(f"{deployment}'s user_config takes only `{key}` and `version`, "
+                         f"not {', '.join(sorted(unknown))}")
+    return config.get(key, default), str(config.get("version", ""))
 
 
 def paced(events: Iterator[dict[str, Any]], min_interval_s: float = 0.25) -> Iterator[dict[str, Any]]:

@@ -95,7 +95,7 @@ class Enhancer:
         self._nets: dict[str, ncnn.Net] = {}
         self.use(model)
 
-    def use(self, model: str) -> None:
+    def use(self, model: str, version_label: str = "") -> None:
         """Make `model` the default for requests that name none. Its networks are loaded first (on the device
         chosen above), so missing weights fail here, not a job; requests already running keep their model."""
         if model not in ENHANCEMENT_MODELS:
@@ -103,7 +103,11 @@ class Enhancer:
         if model != CLASSIC_ENHANCEMENT:
             for scale in ENHANCEMENT_SCALES:
                 self._net(REALESRGAN_NETWORKS[model, scale])
-        self.model = model
+        self.default = (model, version_label)  # one assignment: no request sees one's model with the other's label
+
+    @property
+    def model(self) -> str:
+        return self.default[0]
 
     def _net(self, network: Network) -> ncnn.Net:
         if network.stem not in self._nets:
@@ -162,7 +166,8 @@ class Enhancer:
 
     def run(self, image_bytes: bytes | None, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
-        model = parameters.get("model") or self.model  # fixed now: a reconfigure leaves running requests be
+        default_model, version_label = self.default  # fixed now: a reconfigure leaves running requests be
+        model = parameters.get("model") or default_model
         yield progress_event(5, "Decoding image")
         image = open_image(image_bytes)
         scale = int(parameters.get("scale", 2))
@@ -194,7 +199,7 @@ class Enhancer:
             "output_size": list(enhanced.size),
             "device": "vulkan" if self.use_gpu and model != CLASSIC_ENHANCEMENT else "cpu",
             "inference_time": round(time.perf_counter() - started, 4),
-        })
+        }, version_label)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -209,12 +214,12 @@ class ImageEnhancement:
                                  threads, vulkan_device=int(assigned[0]) if assigned else None)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """`user_config: {model: <name>}`: Serve calls this after __init__ and again, on the same replica, when a
-        redeploy changes only the user_config, so an operator switches the model without new replicas.
-        Without `model` the default goes back to the one the replica started with."""
-        model = user_config_choice(config, "model", self.initial_model, "ImageEnhancement")
-        if model != self.enhancer.model:
-            self.enhancer.use(model)
+        """`user_config: {model: <name>, version: <label>}`: Serve calls this after __init__ and again, on the
+        same replica, when a redeploy changes only the user_config, so an operator switches the model without
+        new replicas.
+        Without `model` the default goes back to the one the replica started with; `version` goes into each
+        result's `model_version` (a rollout an operator can trace)."""
+        self.enhancer.use(*user_config_choice(config, "model", self.initial_model, "ImageEnhancement"))
 
     async def process(self, image: bytes | None, parameters: dict[str, Any], prompt: str = "",
                       extra_images: dict[str, bytes] | None = None) -> AsyncIterator[dict]:

@@ -21,4 +21,5 @@ class ThrowawayOverlay:
         base = open_image(image).convert("RGBA")
         overlay = open_image(overlay_png).convert("RGBA").resize(base.size)
         yield result_event(Image.blend(base, overlay, parameters["opacity"]),
-                           {"overlay_upload": name, "opacity": parameters["opacity"], "size": list(base.size)})
+                           {"model": "pillow-blend", "overlay_upload": name, "opacity": parameters["opacity"],
+                            "size": list(base.size)})

@@ -145,6 +145,22 @@ def test_a_request_already_running_finishes_on_the_model_it_started_with(deploym
     assert final["result"]["metadata"]["model"] == "u2netp"
 
 
+def test_each_result_records_the_model_version_its_request_started_on(deployment, astronaut_png):
+    """A rollout of a `version` label in user_config, mid-request: the running request finishes and says it ran
+    on the old version; the next one says the new."""
+    _, before = _run(deployment.remover, astronaut_png)
+    assert before["metadata"]["model_version"] == "u2netp"
+    running = deployment.remover.run(astronaut_png, {})
+    next(running)
+    deployment.reconfigure({"model": "u2netp", "version": "2026-12-04"})
+    *_, final = running
+    assert final["result"]["metadata"]["model_version"] == "u2netp"
+    _, after = _run(deployment.remover, astronaut_png)
+    assert after["metadata"]["model_version"] == "u2netp@2026-12-04"
+    _, named = _run(deployment.remover, astronaut_png, model=MEDIAPIPE_SELFIE)  # the model that ran, this rollout
+    assert named["metadata"]["model_version"] == f"{MEDIAPIPE_SELFIE}@2026-12-04"
+
+
 def test_an_unchanged_user_config_loads_nothing(deployment, tmp_path):
     (tmp_path / "rembg" / "u2netp.onnx").unlink()  # a reload would now fail
     deployment.reconfigure({"model": "u2netp"})
@@ -155,5 +171,5 @@ def test_a_user_config_naming_a_missing_model_fails_and_keeps_the_current_one(de
     with pytest.raises(FileNotFoundError, match=r"isnet-general-use\.onnx is missing"):
         deployment.reconfigure({"model": "isnet-general-use"})
     assert deployment.remover.model == "u2netp"
-    with pytest.raises(ValueError, match="takes only `model`, not modle"):
+    with pytest.raises(ValueError, match="takes only `model` and `version`, not modle"):
         deployment.reconfigure({"modle": MEDIAPIPE_SELFIE})

@@ -80,6 +80,7 @@ def test_swapped_face_takes_the_targets_place_and_carries_the_source_features(
     assert change[face_hull_mask(target_face, target.shape)].mean() > 10
     assert change[~face_hull_mask(target_face, target.shape, grow=1)].max() == 0
     assert metadata["backend"] == "landmarks" and metadata["faces_swapped"] == 1
+    assert metadata["model_version"] == metadata["model"]  # no user_config, so no rollout label
 
 
 def test_blend_ratio_mixes_target_and_swap_and_zero_leaves_the_target(landmark_swapper, source, target, target_face):

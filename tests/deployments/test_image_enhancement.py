@@ -154,6 +154,9 @@ def test_user_config_switches_the_default_model_and_back(deployment, original):
     assert final["result"]["metadata"]["model"] == "classic"
     _, metadata, _ = enhance(deployment.enhancer, low)
     assert metadata["model"] == "realesr-animevideov3" and metadata["tile_size"] == 64
+    deployment.reconfigure({"version": "v2"})
+    _, metadata, _ = enhance(deployment.enhancer, low)
+    assert metadata["model_version"] == "realesr-animevideov3@v2"
 
 
 def test_an_unchanged_user_config_loads_nothing(deployment, tmp_path: Path):
@@ -168,6 +171,6 @@ def test_a_user_config_naming_a_missing_or_unknown_model_fails_and_keeps_the_cur
         deployment.reconfigure({"model": "realesrgan-x4plus"})
     with pytest.raises(ValueError, match="model must be one of"):
         deployment.reconfigure({"model": "esrgan"})
-    with pytest.raises(ValueError, match="takes only `model`, not default_model"):
+    with pytest.raises(ValueError, match="takes only `model` and `version`, not default_model"):
         deployment.reconfigure({"default_model": "classic"})
     assert deployment.enhancer.model == "realesr-animevideov3"

@@ -74,6 +74,7 @@ def test_named_style_keeps_the_layout_but_changes_texture_and_colour(stylizer, p
     assert abs(np.log(fine_texture(stylized) / fine_texture(photo))) > np.log(1.5)
     assert colour_change(photo, stylized) > 15
     assert metadata["style"] == style and metadata["mode"] == "builtin"
+    assert metadata["model_version"] == metadata["model"]  # no user_config, so no rollout label
     assert metadata["provider"] == "CPUExecutionProvider"
     assert [event["progress"] for event in progress] == sorted(event["progress"] for event in progress)
 

@@ -13,6 +13,7 @@ from serve.metrics import TASK_DURATION_BUCKETS_S
 from serve.stack import free_port
 from tests.api.test_metrics import parse, scrape, value
 from tests.helpers import wait_for
+from tests.serve_rollout import applied, edited, running_config, serve_deploy
 
 pytestmark = pytest.mark.integration
 
@@ -101,21 +102,10 @@ def test_flower_sees_the_workers(stack):
 def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, http, astronaut_png, tmp_path):
     """`serve deploy` of the running config with only BackgroundRemoval's user_config changed: the same replica
     process (no restart) serves the next task with the new default model."""
-    import copy
-
     import psutil
 
-    from serve.stack import render_serve_config
-
-    address = settings.ray_dashboard_url
-    original = render_serve_config(settings, settings.serve_config)
-    switched = copy.deepcopy(original)
-
-    def removal_deployment(config: dict) -> dict:
-        application = next(app for app in config["applications"] if app["name"] == "background_removal")
-        return next(entry for entry in application["deployments"] if entry["name"] == "BackgroundRemoval")
-
-    removal_deployment(switched)["user_config"] = {"model": "mediapipe-selfie"}
+    original = running_config(settings)
+    switched = edited(original, "background_removal", "BackgroundRemoval", user_config={"model": "mediapipe-selfie"})
 
     def replica_pids() -> list[int]:
         """This stack's replica processes (descendants of its Ray head: other local clusters have their own)."""
@@ -123,19 +113,8 @@ def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, ht
         return [process.pid for process in cluster
                 if "ServeReplica:background_removal:BackgroundRemoval" in " ".join(process.cmdline())]
 
-    def deploy(config: dict) -> None:
-        path = tmp_path / "serve.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        result = subprocess.run([shutil.which("serve"), "deploy", str(path), "--address", address], env=stack.env,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-
-    def applied(user_config: dict) -> bool:
-        """The deployment's target carries `user_config` and every replica has taken it (HEALTHY again)."""
-        app = httpx.get(f"{address}/api/serve/applications/", timeout=10).json()["applications"]["background_removal"]
-        deployment = app["deployments"]["BackgroundRemoval"]
-        return (deployment["deployment_config"].get("user_config") == user_config
-                and deployment["status"] == "HEALTHY" and app["status"] == "RUNNING")
+    def rolled_out(config: dict) -> bool:
+        return applied(settings, config, "background_removal", "BackgroundRemoval")
 
     def removal_model() -> str:
         created = http.post(CREATE, data={"prompt": "remove the background", "task_type": "background_removal"},
@@ -147,13 +126,13 @@ def test_a_model_rolled_out_in_user_config_switches_in_place(stack, settings, ht
 
     replicas = set(replica_pids())
     assert replicas
-    deploy(switched)
+    serve_deploy(stack, settings, switched, tmp_path)
     try:
-        _eventually(lambda: applied({"model": "mediapipe-selfie"}))
+        _eventually(lambda: rolled_out(switched))
         assert removal_model() == "mediapipe-selfie"
         # No replica was started for it (the deployment autoscales, so an idle one may have been retired meanwhile).
         assert set(replica_pids()) <= replicas and set(replica_pids())
     finally:
-        deploy(original)
-        _eventually(lambda: applied(removal_deployment(original)["user_config"]))
+        serve_deploy(stack, settings, original, tmp_path)
+        _eventually(lambda: rolled_out(original))
     assert set(replica_pids()) <= replicas and set(replica_pids())

@@ -78,7 +78,8 @@ def test_a_task_type_defined_only_in_the_tests_runs_from_api_to_result(stack, ap
         final = wait_for(http, task_id, {"SUCCESS", "FAILURE"}, timeout_s=120)
         assert final["status"] == "SUCCESS", final
         result = http.get(f"/api/v1/tasks/{task_id}/result/").json()["result"]
-        assert result["metadata"] == {"overlay_upload": OVERLAY_IMAGE, "opacity": 1.0, "size": [512, 512]}
+        assert result["metadata"] == {"model": "pillow-blend", "model_version": "pillow-blend",
+                                      "overlay_upload": OVERLAY_IMAGE, "opacity": 1.0, "size": [512, 512]}
         laid = Image.open(io.BytesIO(http.get(result["image_url"]).content))
         assert laid.getcolors() == [(512 * 512, (255, 0, 0, 255))]  # the overlay alone, at the image's size
 

@@ -7,8 +7,17 @@ import threading
 import time
 
 import pytest
+from PIL import Image
 
-from deployments.events import InvalidInput, paced, progress_event, stream_in_thread
+from deployments.events import (
+    InvalidInput,
+    model_version,
+    paced,
+    progress_event,
+    result_event,
+    stream_in_thread,
+    user_config_choice,
+)
 
 
 def slow_model(steps: int, log: list[str], step_s: float = 0.05):
@@ -103,3 +112,18 @@ def test_bad_input_is_told_from_a_bug_by_its_type_across_ray():
     bad_input = RayTaskError("process", "Traceback", InvalidInput("no face found")).as_instanceof_cause()
     bug = RayTaskError("process", "Traceback", ValueError("operands could not be broadcast")).as_instanceof_cause()
     assert isinstance(bad_input, InvalidInput) and not isinstance(bug, InvalidInput)
+
+
+def test_a_result_records_the_model_version_from_its_model_and_the_rollout_label():
+    image = Image.new("RGB", (2, 2))
+    assert result_event(image, {"model": "u2netp"})["result"]["metadata"]["model_version"] == "u2netp"
+    labelled = result_event(image, {"model": "u2netp"}, "2026-12-04")["result"]["metadata"]
+    assert labelled == {"model": "u2netp", "model_version": "u2netp@2026-12-04"} == {
+        "model": "u2netp", "model_version": model_version("u2netp", "2026-12-04")}
+
+
+def test_a_user_config_holds_a_model_and_a_version_label_and_nothing_else():
+    assert user_config_choice({}, "model", "u2netp", "BackgroundRemoval") == ("u2netp", "")
+    assert user_config_choice({"version": 3}, "model", "u2netp", "BackgroundRemoval") == ("u2netp", "3")
+    with pytest.raises(ValueError, match="takes only `model` and `version`, not versoin"):
+        user_config_choice({"versoin": "2"}, "model", "u2netp", "BackgroundRemoval")
