@@ -152,6 +152,23 @@ def result_files(settings) -> set[str]:
     return {path.relative_to(media).as_posix() for path in (media / "tasks" / "output").rglob("*.png")}
 
 
+def assert_one_result_file_each(settings, outputs_before: set[str], rows) -> None:
+    """The one-result-file rule: each of `rows` has its result file, and no file written since `outputs_before` is
+    an orphan (one no row names). Other tests' tasks may finish meanwhile on the shared stack: their files are
+    allowed, as long as their rows name them."""
+    import sqlalchemy as sa
+
+    from tasks.db import session_scope
+    from tasks.models import AITask
+
+    new_files = result_files(settings) - outputs_before
+    with session_scope() as session:
+        named = set(session.exec(sa.select(AITask.result_image).where(AITask.result_image.in_(new_files)))
+                    .scalars())
+    assert {row.result_image for row in rows} <= new_files
+    assert new_files == named, f"result files no row names: {sorted(new_files - named)}"
+
+
 class TcpProxy:
     """A TCP forwarder to `127.0.0.1:target_port` that a test can take down (every connection cut, new ones
     refused) and bring back on the same port: a database that goes away and returns, for the processes that use it."""

@@ -35,7 +35,7 @@ def serve_deploy(stack, settings, config: dict, folder: Path) -> None:
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = subprocess.run([shutil.which("serve"), "deploy", str(path), "--address", settings.ray_dashboard_url],
-                            env=stack.env, capture_output=True, text=True, timeout=60)
+                            env=stack.env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
 
 
