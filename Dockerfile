@@ -19,8 +19,8 @@ WORKDIR /app
 # insightface requires) and onnxruntime-gpu write the same `onnxruntime` module: removing the CPU package deletes
 # those files, so the GPU package is reinstalled over it, at the release just resolved.
 COPY pyproject.toml README.md constraints.txt ./
-RUN mkdir serve tasks deployments \
- && touch serve/__init__.py tasks/__init__.py deployments/__init__.py \
+RUN mkdir cli serve tasks deployments \
+ && touch cli/__init__.py serve/__init__.py tasks/__init__.py deployments/__init__.py \
  && pip install -c constraints.txt -e '.[gpu]' \
  && ORT_GPU="onnxruntime-gpu==$(python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))')" \
  && pip uninstall -y onnxruntime \

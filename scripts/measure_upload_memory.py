@@ -133,7 +133,7 @@ def upload_burst(url: str, body: bytes, uploads: int) -> tuple[float, Counter]:
 
 
 def measure(args: argparse.Namespace) -> Result:
-    from serve.stack import Stack  # reads the settings: only after `environment.isolate`
+    from cli.stack import Stack  # reads the settings: only after `environment.isolate`
     from tasks.config import get_settings
     from tasks.db import migrate
 

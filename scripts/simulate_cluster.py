@@ -143,7 +143,7 @@ class SimulatedCluster(AutoscalingCluster):
         autoscaling_config = self.work_dir / "autoscaling.json"
         autoscaling_config.write_text(json.dumps(self._config, indent=1))
         head = dict(self._head_resources)
-        from serve.stack import _bin  # the `ray` next to this Python, or on PATH (a venv may lack its own)
+        from cli.stack import _bin  # the `ray` next to this Python, or on PATH (a venv may lack its own)
 
         command = [_bin("ray"), "start", "--head", "--block",
                    f"--autoscaling-config={autoscaling_config}", f"--num-cpus={head.pop('CPU')}",
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       # Every process (the `ray` and `serve` commands, nodes, replicas, the Serve controller that
                       # imports the policy) imports this checkout, whichever one the Python installation points at.
                       PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    from serve.stack import Stack
+    from cli.stack import Stack
     from tasks.config import get_settings
 
     class QueuesStack(Stack):

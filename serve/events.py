@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from tasks.config import get_settings
 from tasks.models import FINISHED_STATUSES, AITask
-from tasks.progress import CHANNEL_PREFIX
 from tasks.service import get_task
+from tasks.state_writes import CHANNEL_PREFIX
 
 RECHECK_S = 5.0  # re-read the row this often: a pub/sub message lost (Redis restart) never stalls a stream
 KEEPALIVE_S = 15.0

@@ -28,7 +28,7 @@ and the policy asks for backlog / target_ongoing_requests replicas, within min_r
 applies upscale_delay_s / downscale_delay_s. A consumer holds only CONSUMER_CONCURRENCY tasks, so counting the queue
 is what lets replicas grow past consumers x concurrency / target_ongoing_requests.
 
-Consumers report what they hold (tasks/consumer.py, every supervisor round): one field per consumer process in the
+Consumers report what they hold (tasks/supervisor.py, every supervisor round): one field per consumer process in the
 hash HELD_KEY_PREFIX + queue, whose value is `encode_report`'s JSON, stamped with the time; a report older than
 REPORT_TTL_S (the consumer died or hangs) is ignored and removed. Reading a deployment's backlog is one round trip
 (LLEN + HGETALL of a few small fields), made by a worker thread every poll_interval_s: the controller's event loop

@@ -33,7 +33,7 @@ def create_celery() -> Celery:
         worker_concurrency=settings.consumer_concurrency,
         task_default_queue=HOUSEKEEPING_QUEUE,
         task_create_missing_queues=True,
-        # Consumers renew the lease of every message they hold (tasks/consumer.py), so only a dead consumer's
+        # Consumers renew the lease of every message they hold (tasks/supervisor.py), so only a dead consumer's
         # messages pass the visibility timeout; a sweep every 5 s puts them back on their queue.
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s,
                                   "unacked_restore_interval": 5, "unacked_restore_throttle": 1},
@@ -64,8 +64,8 @@ def _watch_held_messages(sender, **_) -> None:
     qos = sender.task_consumer.channel.qos
     if not hasattr(qos, "unacked_index_key"):  # not Redis: the broker hands back a dead consumer's messages
         return
-    from tasks.consumer import supervisor
     from tasks.redis_client import redis_client
+    from tasks.supervisor import supervisor
 
     def held() -> list[str]:
         return list(qos._delivered.copy())  # delivered, not yet acked: running, prefetched, retry countdowns

@@ -13,13 +13,13 @@ from ray.exceptions import RayActorError, RaySystemError
 from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from deployments.events import InvalidInput
-from tasks import progress, ray_client
+from tasks import ray_client, state_writes
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
-from tasks.consumer import CLUSTER_GONE, RunningTask, Stop, supervisor
 from tasks.models import utcnow
 from tasks.registry import TASK_SPECS, Stage
 from tasks.storage import Storage, get_storage
+from tasks.supervisor import CLUSTER_GONE, RunningTask, Stop, supervisor
 from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _ClusterUnavailable(Exception):
 
 
 def _stream_stage(running: RunningTask, index: int, stage: Stage, span: tuple[int, int],
-                  writer: progress.ProgressWriter, **call: Any) -> dict[str, Any]:
+                  writer: state_writes.ProgressWriter, **call: Any) -> dict[str, Any]:
     """Call the task's `index`th deployment, streaming its events into the row within `span`; return its result
     payload."""
     try:
@@ -94,13 +94,13 @@ def stage_spans(stages: tuple[Stage, ...]) -> list[tuple[int, int]]:
             for before, after in itertools.pairwise(done)]
 
 
-def _run_stages(task: progress.Claimed, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
+def _run_stages(task: state_writes.Claimed, storage: Storage, running: RunningTask) -> tuple[dict[str, Any], str]:
     """Run the task type's stages in order; return the last stage's result and the prompt it was given."""
     spec = TASK_SPECS[task.task_type]
     image = _read_input(storage, task.input_image) if task.input_image else None
     extra_images = {name: _read_input(storage, key) for name, key in (task.extra_inputs or {}).items()}
     prompt, parameters, metadata = task.prompt, dict(task.parameters), {}
-    writer = progress.ProgressWriter(task.id)
+    writer = state_writes.ProgressWriter(task.id)
     for index, (stage, span) in enumerate(zip(spec.stages, stage_spans(spec.stages), strict=True)):
         result = _stream_stage(running, index, stage, span, writer, image=image, parameters=parameters,
                                prompt=prompt, extra_images=extra_images)
@@ -144,7 +144,7 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
     """Run one AITask: PROCESSING → (progress…) → SUCCESS with result_data, or RETRY/FAILURE."""
     try:
         return _process(self, uuid.UUID(task_id))
-    except progress.DatabaseUnavailable as exc:
+    except state_writes.DatabaseUnavailable as exc:
         log.error("task %s: database unavailable (%s); message handed back", task_id, exc)
         time.sleep(REQUEUE_PAUSE_S)
         raise Reject(str(exc), requeue=True) from exc
@@ -152,14 +152,14 @@ def process_ai_task(self, task_id: str) -> dict[str, str]:
 
 def _fail(task_id: uuid.UUID, error: str) -> None:
     """FAILURE with `error`; when this write is the one that ended the task, its webhook is queued."""
-    if progress.fail(task_id, error):
+    if state_writes.fail(task_id, error):
         notify_finished(task_id)
 
 
 def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     task_id = str(task_uuid)
     request = celery_task.request
-    task = progress.claim(task_uuid, request.id, worker=f"{request.hostname}:{os.getpid()}")
+    task = state_writes.claim(task_uuid, request.id, worker=f"{request.hostname}:{os.getpid()}")
     if task is None:
         log.info("task %s is finished, cancelled or running elsewhere: skipped", task_id)
         return {"status": "skipped", "task_id": task_id}
@@ -176,7 +176,7 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
         # (the next run replaces it; a task ending otherwise has it deleted with its inputs, by expiry or DELETE).
         storage.write(task.result_image, result["image"])
         # URL and timing are not stored twice: the API derives them from result_image and processing_time.
-        done = progress.succeed(task_uuid, task.result_image, {"prompt_used": prompt_used,
+        done = state_writes.succeed(task_uuid, task.result_image, {"prompt_used": prompt_used,
                                                                "metadata": result["metadata"]},
                                 processing_time=time.monotonic() - (running.running_since or time.monotonic()))
         if done and task.webhook_url:  # the claimed row has it: no SELECT for the many tasks without one
@@ -192,26 +192,26 @@ def _process(celery_task, task_uuid: uuid.UUID) -> dict[str, str]:
     except InvalidInput as exc:  # the one permanent failure, by type (deployments/events.py): never retried
         _fail(task_uuid, _error_message(exc))
         return {"status": "failure", "task_id": task_id}
-    except progress.DatabaseUnavailable:
+    except state_writes.DatabaseUnavailable:
         raise
     except Exception as exc:  # anything else may pass (replica died, Serve restarting, OOM): bounded retries
         return _retry_or_fail(celery_task, task, exc)
 
 
-def _wait_for_cluster(celery_task, task: progress.Claimed, exc: _ClusterUnavailable) -> dict[str, str]:
+def _wait_for_cluster(celery_task, task: state_writes.Claimed, exc: _ClusterUnavailable) -> dict[str, str]:
     """Back to the queue without spending a retry, for as long as a replica may take to appear; after that, an
     ordinary failure."""
     waited_s = (utcnow() - task.started_at).total_seconds()
     if waited_s > get_settings().replica_wait_timeout_s:
         return _retry_or_fail(celery_task, task, exc)
     log.warning("task %s: no cluster to run on (%s); back to the queue", task.id, exc)
-    if not progress.requeue(task.id, f"Waiting for the model service: {exc}"):
+    if not state_writes.requeue(task.id, f"Waiting for the model service: {exc}"):
         return {"status": "skipped", "task_id": str(task.id)}  # cancelled meanwhile
     time.sleep(CLUSTER_PAUSE_S)
     raise Reject(str(exc), requeue=True)
 
 
-def _retry_or_fail(celery_task, task: progress.Claimed, exc: Exception) -> dict[str, str]:
+def _retry_or_fail(celery_task, task: state_writes.Claimed, exc: Exception) -> dict[str, str]:
     task_id = str(task.id)
     cause = getattr(exc, "cause", None) or exc
     error = str(exc) if isinstance(exc, _Stopped) else f"{type(cause).__name__}: {_error_message(exc)}"
@@ -219,6 +219,6 @@ def _retry_or_fail(celery_task, task: progress.Claimed, exc: Exception) -> dict[
     if task.retry_count >= task.max_retries:
         _fail(task.id, error)
         return {"status": "failure", "task_id": task_id}
-    if progress.schedule_retry(task.id, task.retry_count + 1, error):
+    if state_writes.schedule_retry(task.id, task.retry_count + 1, error):
         raise celery_task.retry(exc=exc, countdown=_retry_countdown(task.retry_count), max_retries=None) from exc
     return {"status": "skipped", "task_id": task_id}

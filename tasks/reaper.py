@@ -22,9 +22,9 @@ from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import session_scope
 from tasks.models import AITask, TaskStatus, utcnow
-from tasks.progress import publish
 from tasks.redis_client import redis_client
 from tasks.registry import TASK_SPECS
+from tasks.state_writes import publish
 from tasks.webhooks import notify_finished
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from kombu.exceptions import OperationalError as BrokerError
 
-from tasks import progress
+from tasks import state_writes
 from tasks.celery_app import celery_app
 from tasks.config import get_settings
 from tasks.db import get_engine, session_scope
@@ -225,7 +225,7 @@ def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
     same_type = AITask.task_type == task.task_type
     claimed = sa.and_(same_type, AITask.status == TaskStatus.PROCESSING, AITask.id != task.id)
     if task.status == TaskStatus.PROCESSING:  # claimed but waiting for a replica: behind those claimed earlier
-        ahead_query = sa.and_(claimed, AITask.message == progress.WAITING_MESSAGE,
+        ahead_query = sa.and_(claimed, AITask.message == state_writes.WAITING_MESSAGE,
                               AITask.started_at < task.started_at)
         claimed = sa.and_(claimed, AITask.started_at < task.started_at)
     else:
@@ -240,7 +240,7 @@ def queue_estimate(task: AITask, recent: int = 20) -> QueueEstimate:
     rates = [done.processing_time / units for done in finished if (units := _job_units(done))]
     units, rate = _job_units(task), _median(rates)
     own = rate * units if units and rate else typical
-    slots = max(1, sum(1 for _, message in running if message != progress.WAITING_MESSAGE))
+    slots = max(1, sum(1 for _, message in running if message != state_writes.WAITING_MESSAGE))
     remaining = sum(typical * (100 - done) / 100 for done, _ in running)
     if task.status != TaskStatus.PROCESSING:
         remaining += ahead * typical
@@ -322,7 +322,7 @@ def delete_task(task: AITask) -> AITask:
 def cancel_task(task: AITask) -> AITask:
     """The v1 task API's cancel: FAILURE with "Cancelled by user". A pending task never runs; a running one's Serve
     request is cancelled by its worker, which watches the row."""
-    if task.status in FINISHED_STATUSES or not progress.fail(
+    if task.status in FINISHED_STATUSES or not state_writes.fail(
         task.id, CANCELLED_MESSAGE, only_if=(TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.RETRY)
     ):
         raise TaskAlreadyFinished(task.status)

@@ -221,7 +221,7 @@ def uvicorn_api(database, redis_client, tmp_path):
 @pytest.fixture(scope="session")
 def stack(database, redis_client, settings):
     """Ray head, `serve deploy` of config/serve.local.yaml, a consumer per queue, the API under uvicorn."""
-    from serve.stack import Stack
+    from cli.stack import Stack
 
     with Stack(settings, echo=lambda line: print(line, flush=True)) as running:
         yield running

@@ -18,7 +18,7 @@ def deployment_entry(config: dict, application: str, deployment: str) -> dict:
 
 def running_config(settings) -> dict:
     """What the stack deployed: the local Serve config with each application's environment filled in."""
-    from serve.stack import render_serve_config
+    from cli.stack import render_serve_config
 
     return render_serve_config(settings, settings.serve_config)
 

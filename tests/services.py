@@ -30,7 +30,7 @@ START_TIMEOUT_S = 120  # a busy 2-core machine takes a while to initdb
 
 
 def free_port() -> int:
-    """A free TCP port. Not serve.stack's: importing that module reads the settings before conftest sets them."""
+    """A free TCP port. Not cli.stack's: importing that module reads the settings before conftest sets them."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -22,7 +22,7 @@ from scripts.bench.stats import Summary
 
 RAW = """\
 process 10:"celery worker";process 11:"celery worker";thread (11): MainThread;main (celery/bin.py:1);\
-process_ai_task (/repo/tasks/processing.py:5);_update (/repo/tasks/progress.py:9);do_execute \
+process_ai_task (/repo/tasks/processing.py:5);_update (/repo/tasks/state_writes.py:9);do_execute \
 (/x/site-packages/sqlalchemy/engine/default.py:3) 6
 process 10:"celery worker";process 11:"celery worker";thread (11): MainThread;main (celery/bin.py:1);\
 process_ai_task (/repo/tasks/processing.py:5);__next__ (/x/site-packages/ray/serve/handle.py:7) 3

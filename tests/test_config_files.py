@@ -9,7 +9,7 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve.stack import render_serve_config
+from cli.stack import render_serve_config
 from tasks.registry import TASK_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from ray.scripts.scripts import cli as ray_cli
 from ray.serve.scripts import cli as serve_cli
 from uvicorn.main import main as uvicorn_cli
 
-from serve.cli import build_parser
+from cli.main import build_parser
 from tasks.celery_app import HOUSEKEEPING_QUEUE
 from tasks.registry import TASK_SPECS
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from cli.client import FINISHED, BackendAIClient
 from scripts.bench.jobs import Job
-from serve.client import FINISHED, BackendAIClient
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The benchmark's own stack environment and a description of the machine it runs on.
 
-`isolate` must run before anything calls `tasks.config.get_settings()` (importing `serve.stack` or
+`isolate` must run before anything calls `tasks.config.get_settings()` (importing `cli.stack` or
 `tasks.celery_app` does): every process of the stack reads its settings from the environment. With DATABASE_URL
 and REDIS_URL set it takes what the test fixtures take (tests/conftest.py): a throwaway database on that Postgres
 server and a numbered Redis db that it locks, so that it never writes into anyone's data.
@@ -29,7 +29,7 @@ class IsolationError(RuntimeError):
 
 
 def free_port() -> int:
-    """A free TCP port. Not serve.stack's: importing that module reads the settings, before `isolate` sets them."""
+    """A free TCP port. Not cli.stack's: importing that module reads the settings, before `isolate` sets them."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

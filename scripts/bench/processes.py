@@ -25,8 +25,8 @@ POSTGRES = "Postgres: the benchmark database's backends and the server (ended ba
 REDIS_SERVER = "Redis server at REDIS_URL (shared with other users of the server)"
 BENCHMARK = "benchmark clients and Ray driver (this process)"
 # The Stack's watcher runs in the process that runs the Stack: `backendai up`'s, here the benchmark's.
-WATCHER = "the Stack's watcher thread (serve/stack.py, in the process running the Stack)"
-WATCH_THREAD = "stack-watch"  # its name in serve/stack.py
+WATCHER = "the Stack's watcher thread (cli/stack.py, in the process running the Stack)"
+WATCH_THREAD = "stack-watch"  # its name in cli/stack.py
 # A client backend's title names its client: "postgres: [<cluster>: ]<user> <database> <host>(<port>) <state>".
 POSTGRES_CLIENT = re.compile(r" (?P<database>\S+) (?:\S+\(\d+\)|\[local\])(?: |$)")
 

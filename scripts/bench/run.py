@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import yaml
 
 import scripts.bench
+from cli.stack import Stack, free_port
 from scripts.bench import bare, compare, environment, target
 from scripts.bench.clients import ApiClients, BenchError, Finished, in_parallel
 from scripts.bench.jobs import NEAR_ZERO_DESCRIPTION, SERVICE_SIZE, Job, near_zero_job, service_jobs
@@ -41,7 +42,6 @@ from scripts.bench.report import (
     write_section,
 )
 from scripts.bench.stats import Summary
-from serve.stack import Stack, free_port
 from tasks.celery_app import celery_app
 from tasks.config import PROJECT_ROOT, Settings, get_settings
 from tasks.db import get_engine, session_scope

@@ -32,7 +32,7 @@ from serve.schemas import (
     TaskSummary,
 )
 from serve.uploads import FORM_PART_MAX_BYTES, read_image_as_png
-from tasks import progress, service
+from tasks import service, state_writes
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus
 from tasks.registry import IMAGE, TASK_SPECS, TaskSpec, upload_fields
 from tasks.webhooks import WebhookRefused, check_webhook_url
@@ -282,7 +282,7 @@ def status_body(task: AITask, request: Request) -> TaskStatusOut:
     also the SSE payload."""
     failed = task.status == TaskStatus.FAILURE
     waiting = task.status in (TaskStatus.PENDING, TaskStatus.RETRY) or (
-        task.status == TaskStatus.PROCESSING and task.message == progress.WAITING_MESSAGE)
+        task.status == TaskStatus.PROCESSING and task.message == state_writes.WAITING_MESSAGE)
     estimate = service.queue_estimate(task) if waiting else None
     return TaskStatusOut(
         task_id=task.id, id=task.id, task_type=task.task_type, status=task.status, progress=task.progress,

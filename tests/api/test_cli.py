@@ -1,6 +1,6 @@
 """`backendai` as a user and a script meet it: the real CLI in a subprocess against the real API under uvicorn (real
-Postgres, Redis and storage). A stand-in consumer in this process finishes tasks through tasks.progress, as a real one
-would; tests/integration/test_live.py runs the CLI against the whole stack."""
+Postgres, Redis and storage). A stand-in consumer in this process finishes tasks through tasks.state_writes, as a real
+one would; tests/integration/test_live.py runs the CLI against the whole stack."""
 
 import io
 import json
@@ -15,8 +15,8 @@ import uuid
 import pytest
 from PIL import Image
 
-from serve.stack import free_port
-from tasks import progress
+from cli.stack import free_port
+from tasks import state_writes
 from tasks.service import get_task
 from tasks.storage import get_storage
 
@@ -40,7 +40,7 @@ def image(tmp_path):
 
 
 def backendai(api: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve.cli", *args, "--api", api], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args, "--api", api], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "BACKENDAI_API_KEY": ""})
 
 
@@ -59,14 +59,14 @@ def _finish_next(marker: str, fail: str | None = None, metadata: dict | None = N
             if task is not None:
                 break
             time.sleep(0.05)
-        progress.claim(task.id, f"cli-{task.id}", worker="test:1")
+        state_writes.claim(task.id, f"cli-{task.id}", worker="test:1")
         for done in (30, 60):
-            progress.ProgressWriter(task.id, min_interval_s=0).update(done, f"step {done}")
+            state_writes.ProgressWriter(task.id, min_interval_s=0).update(done, f"step {done}")
             time.sleep(0.1)
         if fail:
-            progress.fail(task.id, fail)
+            state_writes.fail(task.id, fail)
         else:
-            progress.succeed(task.id, get_storage().put("output", _png((250, 0, 0))),
+            state_writes.succeed(task.id, get_storage().put("output", _png((250, 0, 0))),
                              {"prompt_used": marker, "metadata": metadata or {"model": "stand-in"}}, 0.3)
 
     thread = threading.Thread(target=consume, daemon=True)
@@ -126,7 +126,7 @@ def test_a_failed_task_exits_1_everywhere(api, image):
 ], ids=["missing-image", "bad-json", "not-an-object", "param-without-value", "would-overwrite", "output-is-a-folder",
         "output-folder-missing"])
 def test_usage_errors_are_one_line_exit_2_and_send_nothing(api, image, tmp_path, args, error):
-    from serve.client import BackendAIClient
+    from cli.client import BackendAIClient
 
     with BackendAIClient(api) as client:
         before = client.list_tasks(limit=1)["tasks"]
@@ -156,7 +156,7 @@ def test_timeout_bounds_the_whole_wait(api, image):
 
 
 def test_ctrl_c_cancels_the_task(api, image, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "serve.cli", "run", "background_removal", "--image",
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "background_removal", "--image",
                                 str(image), "--api", api], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     task_id = process.stdout.readline().split()[1]  # "task <id> queued": from then on Ctrl-C cancels it
     process.send_signal(signal.SIGINT)

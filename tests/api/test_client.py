@@ -1,4 +1,4 @@
-"""serve/client.py's promises to a script: typed errors for each kind of failure, 429/503 retried as Retry-After
+"""cli/client.py's promises to a script: typed errors for each kind of failure, 429/503 retried as Retry-After
 says, event streams that reconnect until the task finishes, total-wait timeouts, and `run` in one call.
 
 Failure modes are played by an httpx.MockTransport (they are hard to provoke on demand); the happy path runs against
@@ -11,8 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from serve.client import ApiRefused, ApiTimeout, ApiUnreachable, BackendAIClient, TaskFailed
-from serve.stack import free_port
+from cli.client import ApiRefused, ApiTimeout, ApiUnreachable, BackendAIClient, TaskFailed
+from cli.stack import free_port
 
 TASK_ID = str(uuid.uuid4())
 

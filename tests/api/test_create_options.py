@@ -1,5 +1,5 @@
 """Create's options beyond the v1 form: contradictory input refused before anything is stored, and `Prefer: wait=N`
-answering with the finished status (a stand-in consumer finishes the task through tasks.progress, as a real one
+answering with the finished status (a stand-in consumer finishes the task through tasks.state_writes, as a real one
 would, so the wait is woken by the task's pub/sub channel)."""
 
 import io
@@ -10,7 +10,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from tasks import progress
+from tasks import state_writes
 from tasks.storage import get_storage
 
 CREATE = "/api/v1/tasks/create/"
@@ -64,11 +64,12 @@ def _finish_when_created(after_s: float, fail: str | None = None) -> threading.T
                 break
             time.sleep(0.02)
         time.sleep(after_s)  # the stand-in job's own duration, which the Prefer wait is measured against
-        assert progress.claim(task.id, f"wait-{task.id}", worker="test:1")
+        assert state_writes.claim(task.id, f"wait-{task.id}", worker="test:1")
         if fail:
-            progress.fail(task.id, fail)
+            state_writes.fail(task.id, fail)
         else:
-            progress.succeed(task.id, get_storage().put("output", _png()), {"metadata": {}}, processing_time=after_s)
+            state_writes.succeed(task.id, get_storage().put("output", _png()), {"metadata": {}},
+                                 processing_time=after_s)
 
     thread = threading.Thread(target=consumer, daemon=True)
     thread.start()

@@ -8,7 +8,7 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve.stack import free_port
+from cli.stack import free_port
 from tasks.db import session_scope
 from tasks.models import CANCELLED_MESSAGE, AITask, TaskStatus, TaskType, utcnow
 

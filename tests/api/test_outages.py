@@ -6,7 +6,7 @@ import time
 import httpx
 import sqlalchemy as sa
 
-from serve.stack import free_port
+from cli.stack import free_port
 from tests.helpers import full_disk, png_bytes
 
 

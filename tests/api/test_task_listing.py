@@ -7,7 +7,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from tasks import progress
+from tasks import state_writes
 from tasks.keys import create_key
 from tasks.service import get_task
 from tasks.storage import get_storage
@@ -40,9 +40,9 @@ def key_headers(database) -> dict[str, str]:
 def _finish(task_id: str) -> None:
     """What a consumer does, without one: claim, then succeed with a stored result."""
     task_uuid = uuid.UUID(task_id)
-    assert progress.claim(task_uuid, f"test-{task_id}", worker="test:1")
+    assert state_writes.claim(task_uuid, f"test-{task_id}", worker="test:1")
     key = get_storage().put("output", _png())
-    assert progress.succeed(task_uuid, key, {"prompt_used": "list me", "metadata": {}}, processing_time=0.5)
+    assert state_writes.succeed(task_uuid, key, {"prompt_used": "list me", "metadata": {}}, processing_time=0.5)
 
 
 def test_the_listing_pages_newest_first_and_filters(api_client, key_headers):
@@ -115,13 +115,13 @@ def test_delete_of_a_finished_task_removes_its_files_and_leaves_a_tombstone(api_
 def test_delete_of_a_running_task_cancels_it(api_client, key_headers):
     task_id = _create(api_client, key_headers)
     task_uuid = uuid.UUID(task_id)
-    assert progress.claim(task_uuid, f"test-{task_id}", worker="test:1")
+    assert state_writes.claim(task_uuid, f"test-{task_id}", worker="test:1")
     assert api_client.delete(TASKS + f"{task_id}/", headers=key_headers).status_code == 204
     status = api_client.get(TASKS + f"{task_id}/status/", headers=key_headers).json()
     assert (status["status"], status["error_message"], status["cancelled"], status["deleted"]) == \
         ("FAILURE", "Cancelled by user", True, True)
     late = get_storage().put("output", _png())  # the consumer's result, arriving after the delete, is refused
-    assert not progress.succeed(task_uuid, late, {"metadata": {}}, processing_time=1.0)
+    assert not state_writes.succeed(task_uuid, late, {"metadata": {}}, processing_time=1.0)
     assert not get_storage().exists(get_task(task_uuid).input_image)
 
 
@@ -142,5 +142,5 @@ def test_a_cancel_reads_as_cancelled_not_as_a_failure(api_client, key_headers):
     listed = api_client.get(TASKS, params={"status": "FAILURE"}, headers=key_headers).json()["tasks"]
     assert [(task["task_id"], task["cancelled"]) for task in listed] == [(task_id, True)]
     failed = _create(api_client, key_headers)
-    progress.fail(uuid.UUID(failed), "RuntimeError: out of memory")
+    state_writes.fail(uuid.UUID(failed), "RuntimeError: out of memory")
     assert api_client.get(TASKS + f"{failed}/status/", headers=key_headers).json()["cancelled"] is False

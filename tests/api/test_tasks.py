@@ -127,15 +127,15 @@ def test_media_outside_results_is_not_served(api_client, target, error):
 def test_a_result_is_served_only_once_its_task_succeeded(api_client):
     """The claim names the result file before the model runs; until SUCCESS that name serves nothing, even when a
     run has written the file."""
-    from tasks import progress
+    from tasks import state_writes
     from tasks.storage import get_storage
 
     task_id = uuid.UUID(_create(api_client, {"image": ("a.png", _image())}, task_type="background_removal",
                                 prompt="p").json()["task_id"])
-    claimed = progress.claim(task_id, f"media-{task_id}", worker="test:1")
+    claimed = state_writes.claim(task_id, f"media-{task_id}", worker="test:1")
     get_storage().write(claimed.result_image, _image())
     assert api_client.get(f"/media/{claimed.result_image}").status_code == 404
-    assert progress.succeed(task_id, claimed.result_image, {"metadata": {}}, processing_time=0.1)
+    assert state_writes.succeed(task_id, claimed.result_image, {"metadata": {}}, processing_time=0.1)
     assert api_client.get(f"/media/{claimed.result_image}").content == _image()
 
 

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serve.client import ApiRefused, BackendAIClient
-from serve.stack import _bin, free_port
+from cli.client import ApiRefused, BackendAIClient
+from cli.stack import _bin, free_port
 from tasks.celery_app import celery_app
 from tasks.webhooks import SIGNATURE_HEADER, webhook_secret
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
@@ -131,7 +131,7 @@ def test_cli_submits_waits_saves_and_reports(stack, tmp_path, astronaut_png):
 
 def test_ctrl_c_on_the_cli_cancels_the_running_task(stack, client):
     """A long generation, interrupted: the CLI asks the server to cancel, the consumer stops the model."""
-    process = subprocess.Popen([sys.executable, "-m", "serve.cli", "run", "image_generation", "--prompt", "a slow one",
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "image_generation", "--prompt", "a slow one",
                                 "--parameters", '{"width": 256, "height": 256, "num_inference_steps": 150, '
                                 '"refine_prompt": false}', "--api", stack.api_url],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import yaml
 
+from cli.stack import free_port
 from serve.metrics import TASK_DURATION_BUCKETS_S
-from serve.stack import free_port
 from tests.api.test_metrics import parse, scrape, value
 from tests.helpers import wait_for
 from tests.serve_rollout import applied, edited, running_config, serve_deploy

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tasks import progress
+from tasks import state_writes
 from tasks.celery_app import celery_app
 from tasks.reaper import reap
 from tests.helpers import create_background_removal, task_row, wait_for
@@ -46,7 +46,7 @@ def test_lost_pending_and_processing_tasks_come_back_once_and_queued_ones_are_le
     pending, processing, queued = (_create(http, astronaut_png) for _ in range(3))
     _lose_message(redis_client, pending)
     _lose_message(redis_client, processing)
-    claimed = progress.claim(uuid.UUID(processing), task_row(processing).celery_task_id, worker="gone:1")
+    claimed = state_writes.claim(uuid.UUID(processing), task_row(processing).celery_task_id, worker="gone:1")
     assert claimed is not None  # a consumer took it, then vanished with its message
 
     reports = []
@@ -61,7 +61,7 @@ def test_lost_pending_and_processing_tasks_come_back_once_and_queued_ones_are_le
     assert redis_client.llen(QUEUE) == 3
 
     # On demand too: nothing is lost now, so the command re-publishes nothing.
-    command = subprocess.run([sys.executable, "-m", "serve.cli", "reap", "--grace", "0"], capture_output=True,
+    command = subprocess.run([sys.executable, "-m", "cli.main", "reap", "--grace", "0"], capture_output=True,
                              text=True, timeout=60)
     assert command.returncode == 0 and command.stdout.startswith("re-published 0 lost tasks"), command
 

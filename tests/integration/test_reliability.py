@@ -16,7 +16,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from serve.stack import free_port
+from cli.stack import free_port
 from tasks.celery_app import celery_app
 from tasks.db import session_scope
 from tasks.models import AITask, utcnow

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.stack import _bin, free_port
+from cli.stack import _bin, free_port
 from tests.helpers import BACKGROUND_BOXES, PERSON_BOXES, alpha_of
 
 pytestmark = pytest.mark.integration

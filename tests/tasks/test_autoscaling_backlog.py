@@ -18,7 +18,7 @@ from tasks.autoscaling import (
     read_backlog,
 )
 from tasks.celery_app import _backlog_reporter, celery_app
-from tasks.consumer import RunningTask
+from tasks.supervisor import RunningTask
 from tests.helpers import autoscaling_context
 from tests.unit.test_autoscaling import GENERATION, REFINEMENT, policy_config
 

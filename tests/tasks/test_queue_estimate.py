@@ -15,8 +15,8 @@ from PIL import Image
 
 from tasks.db import session_scope
 from tasks.models import AITask, TaskStatus, TaskType
-from tasks.progress import WAITING_MESSAGE
 from tasks.service import queue_estimate
+from tasks.state_writes import WAITING_MESSAGE
 from tasks.storage import get_storage
 
 QUEUED_AT = datetime(2001, 1, 1, tzinfo=UTC)

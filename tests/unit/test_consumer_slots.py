@@ -1,7 +1,7 @@
-"""`up`'s consumer sizing (serve/stack.py): a queue's consumer slots follow its deployments' replicas, within the
+"""`up`'s consumer sizing (cli/stack.py): a queue's consumer slots follow its deployments' replicas, within the
 memory ceiling. Pure functions."""
 
-from serve.stack import consumer_step, slots_needed
+from cli.stack import consumer_step, slots_needed
 
 
 def test_slots_cover_every_replica_of_every_stage_a_task_holds_its_slot_through():

@@ -1,6 +1,6 @@
 """The supervisor's limits, counted from a request's first event: waiting for a replica is not running."""
 
-from tasks.consumer import Limits, RunningTask, overdue
+from tasks.supervisor import Limits, RunningTask, overdue
 
 LIMITS = Limits(soft_s=10, hard_s=20, silence_s=5, replica_wait_s=30)
 

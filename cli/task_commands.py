@@ -17,7 +17,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from serve.client import ApiRefused, ApiTimeout, ApiUnreachable, BackendAIClient, TaskFailed
+from cli.client import ApiRefused, ApiTimeout, ApiUnreachable, BackendAIClient, TaskFailed
 from tasks.config import get_settings
 from tasks.registry import upload_fields
 

@@ -181,12 +181,12 @@ class Supervisor:
 
     def _abandon(self, task: RunningTask) -> None:
         """Past the hard limit the request did not end on cancel: the row ends FAILURE without it."""
-        from tasks import progress
+        from tasks import state_writes
         from tasks.webhooks import notify_finished
 
         task.abandoned = True
         log.error("task %s: still blocked past the hard time limit; marked failed", task.task_id)
-        if progress.fail(task.task_id, "timed out", only_if=(TaskStatus.PROCESSING,)):
+        if state_writes.fail(task.task_id, "timed out", only_if=(TaskStatus.PROCESSING,)):
             notify_finished(task.task_id)
 
     def _report(self) -> None:

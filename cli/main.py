@@ -1,4 +1,4 @@
-"""`backendai`: run the stack, run and follow tasks through the API (serve/task_commands.py), fetch weights,
+"""`backendai`: run the stack, run and follow tasks through the API (cli/task_commands.py), fetch weights,
 migrate the database, manage API keys."""
 
 import argparse
@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from serve.task_commands import add_commands
+from cli.task_commands import add_commands
 from tasks.config import get_settings
 
 
@@ -15,7 +15,7 @@ def _interrupt(*_: object) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from serve.stack import Stack, StackError
+    from cli.stack import Stack, StackError
 
     settings = get_settings()
     stack = Stack(settings)
@@ -122,7 +122,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serve.stack import API_KEEP_ALIVE_S
+    from cli.stack import API_KEEP_ALIVE_S
 
     settings = get_settings()
     uvicorn.run("serve.app:app", host=args.host or settings.api_host, port=args.port or settings.api_port,
